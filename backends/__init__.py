@@ -1,0 +1,1 @@
+"""Backends lowering the edgeq IR to hardware (installed as edgeq.backends)."""

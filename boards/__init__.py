@@ -1,0 +1,1 @@
+"""Shipped board descriptions (one TOML per board)."""

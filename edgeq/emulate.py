@@ -1,0 +1,292 @@
+"""Bit-exact emulator of the edgeq IR, vectorised over the batch.
+
+Every layer runs its declared :class:`~edgeq.ir.Contract`:
+
+* quantizers call their NumFormat (the one implementation of each rounding rule);
+* Conv2d/Dense accumulate integer codes exactly. The engine is chosen per layer from the formats:
+  float32 BLAS when every partial sum is provably below 2**24, float64 BLAS below 2**53, int64
+  below 2**62, else Python integers. Integers below those bounds are exact in any summation order;
+* float glue (BatchNorm, element-wise constants, AvgPool's division) runs in float32 in
+  onnxruntime's order, so it matches QONNX's ``execute_onnx`` bit for bit.
+
+Tensor values travel as float64 arrays holding exact values (float32-format tensors hold
+float32 values).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from edgeq.errors import EdgeqError
+from edgeq.formats import FixedPoint, Float32, Int
+from edgeq.ingest import grid_of
+from edgeq.ir import Graph, Layer
+
+_F32 = np.float32
+
+
+def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = None):
+    """Run ``graph`` on the batch ``x`` (batch axis first). Returns decoded float64 outputs.
+
+    With ``trace=True`` returns ``(output, {layer_name: layer_output})``. ``progress`` is an
+    optional callable ``progress(done_layers, total_layers)``.
+    """
+    x = np.asarray(x)
+    inp = graph.input
+    if x.dtype.kind not in "fiu":
+        raise EdgeqError(f"input has dtype {x.dtype}; expected a float array shaped (batch, {', '.join(map(str, inp.shape))})")
+    if tuple(x.shape[1:]) != tuple(inp.shape):
+        raise EdgeqError(
+            f"input has shape {tuple(x.shape)}, but model input '{inp.name}' expects (batch, "
+            f"{', '.join(map(str, inp.shape))}); reshape it, keeping the batch as the first axis"
+        )
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise EdgeqError(f"input contains NaN or infinity (first at index {tuple(int(i) for i in bad)}); clean the data")
+    env: dict[str, np.ndarray] = {inp.name: x.astype(_F32).astype(np.float64)}
+    traced: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(graph.layers):
+        env[layer.output] = run_layer(graph, layer, [env[t] for t in layer.inputs])
+        if trace:
+            traced[layer.name] = env[layer.output]
+        if progress is not None:
+            progress(i + 1, len(graph.layers))
+    out = env[graph.outputs[0]]
+    return (out, traced) if trace else out
+
+
+def run_layer(graph: Graph, layer: Layer, xs: list[np.ndarray]) -> np.ndarray:
+    """Evaluate one layer on its input values (float64 arrays, batch first)."""
+    fn = _OPS.get(layer.op)
+    if fn is None:  # pragma: no cover - ingest only emits known ops
+        raise EdgeqError(f"layer '{layer.name}': the emulator has no op {layer.op}")
+    return fn(graph, layer, *xs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantizers and float glue
+# ------------------------------------------------------------------------------------------------
+
+
+def _quantize(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    fmt = graph.tensors[layer.output].format
+    src = graph.tensors[layer.inputs[0]].format
+    fixed = fmt.as_fixed() if isinstance(fmt, Int) else fmt if isinstance(fmt, FixedPoint) else None
+    if isinstance(src, FixedPoint) and fixed is not None and src.width > 24:
+        # A wide exact accumulator: cast it exactly, as the hardware does.
+        codes = np.rint(np.ldexp(x, src.frac_bits)).astype(np.int64)
+        return fixed.decode(fixed.cast_codes(codes, src.frac_bits))
+    return fmt.quantize(x.astype(_F32))
+
+
+def _batchnorm(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    a = layer.attrs
+    inv = _F32(1) / np.sqrt(a["var"] + a["epsilon"])
+    s = inv * a["gamma"]
+    b = a["beta"] - a["mean"] * s
+    view = (1, -1) + (1,) * (x.ndim - 2)
+    return (x.astype(_F32) * s.reshape(view) + b.reshape(view)).astype(np.float64)
+
+
+_FLOAT_FNS = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
+    "max": np.maximum, "min": np.minimum,
+}
+
+
+def _floatop(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    a = layer.attrs
+    f = _FLOAT_FNS[a["fn"]]
+    x32 = x.astype(_F32)
+    c = a["const"]
+    y = f(c, x32) if a["const_first"] else f(x32, c)
+    return y.astype(_F32).astype(np.float64)
+
+
+def _relu(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+def _clip(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    lo, hi = float(_F32(layer.attrs["lo"])), float(_F32(layer.attrs["hi"]))
+    return np.clip(x, lo, hi)
+
+
+def _add(graph: Graph, layer: Layer, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if isinstance(graph.tensors[layer.output].format, Float32):
+        return (a.astype(_F32) + b.astype(_F32)).astype(np.float64)
+    return a + b  # exact: both on fixed-point grids that fit float64
+
+
+def _reshape(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    return x.reshape((x.shape[0],) + tuple(layer.attrs["shape"]))
+
+
+def _transpose(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    return np.transpose(x, [0] + [p + 1 for p in layer.attrs["perm"]])
+
+
+# ------------------------------------------------------------------------------------------------
+# Pooling
+# ------------------------------------------------------------------------------------------------
+
+
+def _pool_windows(x: np.ndarray, attrs: dict[str, Any], fill: float):
+    """(N, C, OH, OW, kh, kw) windows of the padded input, ONNX pooling geometry."""
+    kh, kw = attrs["kernel"]
+    sh, sw = attrs["strides"]
+    pt, pl, pb, pr = attrs["pads"]
+    h, w = x.shape[2] + pt + pb, x.shape[3] + pl + pr
+    if attrs.get("ceil_mode"):
+        oh = -(-(h - kh) // sh) + 1
+        ow = -(-(w - kw) // sw) + 1
+        # ONNX: the last window must start inside the (left-)padded input.
+        if (oh - 1) * sh >= x.shape[2] + pt:
+            oh -= 1
+        if (ow - 1) * sw >= x.shape[3] + pl:
+            ow -= 1
+    else:
+        oh = (h - kh) // sh + 1
+        ow = (w - kw) // sw + 1
+    extra_b = max(0, (oh - 1) * sh + kh - h)
+    extra_r = max(0, (ow - 1) * sw + kw - w)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb + extra_b), (pl, pr + extra_r)), constant_values=fill)
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
+    return win, (pt, pl, pb, pr, extra_b, extra_r)
+
+
+def _maxpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    win, _ = _pool_windows(x, layer.attrs, -np.inf)
+    return win.max(axis=(4, 5))
+
+
+def _avgpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    a = layer.attrs
+    if a.get("global"):
+        s = x.sum(axis=(2, 3), keepdims=True)
+        count = np.float64(x.shape[2] * x.shape[3])
+        return (s.astype(_F32) / _F32(count)).astype(np.float64)
+    win, (pt, pl, pb, pr, eb, er) = _pool_windows(x, a, 0.0)
+    s = win.sum(axis=(4, 5))
+    if a["count_include_pad"]:
+        ones = np.zeros((1, 1) + x.shape[2:])
+        ones = np.pad(np.ones_like(ones), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    else:
+        ones = np.ones((1, 1) + x.shape[2:])
+        ones = np.pad(ones, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    ones = np.pad(ones, ((0, 0), (0, 0), (0, eb), (0, er)))
+    kh, kw = a["kernel"]
+    sh, sw = a["strides"]
+    oh, ow = s.shape[2], s.shape[3]
+    cnt = sliding_window_view(ones, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
+    count = cnt.sum(axis=(4, 5))
+    return (s.astype(_F32) / count.astype(_F32)).astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact multiply-accumulate layers
+# ------------------------------------------------------------------------------------------------
+
+_ENGINE_DTYPE = {"float32 BLAS": np.float32, "float64 BLAS": np.float64, "int64": np.int64, "python int": object}
+_CHUNK_ELEMS = 1 << 24  # bound the im2col buffer (elements) per batch chunk
+
+
+def _codes(values: np.ndarray, lsb: np.ndarray, dtype) -> np.ndarray:
+    """Exact integer codes of grid values (float64), in the engine's dtype."""
+    c = np.rint(values / lsb)
+    if dtype is object:
+        return np.vectorize(int, otypes=[object])(c)
+    return c.astype(dtype)
+
+
+def _mac_output(graph: Graph, layer: Layer, acc: np.ndarray, out_lsb: np.ndarray, bias_codes, x_lsb, w_lsb_out):
+    fmt = graph.tensors[layer.output].format
+    if isinstance(fmt, Float32):
+        y = acc.astype(np.float64) * float(x_lsb) * w_lsb_out
+        y = y.astype(_F32)
+        if layer.bias is not None:
+            y = y + layer.bias.astype(_F32).reshape(w_lsb_out.shape if w_lsb_out.ndim else ())
+        return y.astype(np.float64)
+    if bias_codes is not None:
+        acc = acc + bias_codes
+    if acc.dtype == object:
+        acc = acc.astype(np.float64)  # values below 2**53 were proven by the bound
+    return acc.astype(np.float64) * out_lsb
+
+
+def _lsbs(graph: Graph, layer: Layer):
+    x_lsb, _ = grid_of(graph.tensors[layer.inputs[0]].format)
+    w_lsb, _ = grid_of(layer.weight_format)
+    return np.asarray(x_lsb, dtype=np.float64), np.broadcast_to(np.asarray(w_lsb, dtype=np.float64), layer.weight.shape)
+
+
+def _dense(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    dtype = _ENGINE_DTYPE[layer.contract.engine]
+    x_lsb, w_lsb = _lsbs(graph, layer)
+    xc = _codes(x, x_lsb, dtype)
+    wc = _codes(layer.weight, w_lsb, dtype)
+    acc = xc @ wc
+    w_lsb_out = w_lsb[0]  # per output column
+    out_lsb = float(x_lsb) * w_lsb_out
+    bias_codes = None
+    if layer.bias is not None and not isinstance(graph.tensors[layer.output].format, Float32):
+        bias_codes = _codes(layer.bias.astype(np.float64), out_lsb, dtype)
+    return _mac_output(graph, layer, acc, out_lsb, bias_codes, x_lsb, w_lsb_out)
+
+
+def _conv(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    a = layer.attrs
+    dtype = _ENGINE_DTYPE[layer.contract.engine]
+    x_lsb, w_lsb = _lsbs(graph, layer)
+    xc = _codes(x, x_lsb, dtype)
+    wc = _codes(layer.weight, w_lsb, dtype)
+    cout, cin_g, kh, kw = wc.shape
+    g = a["group"]
+    sh, sw = a["strides"]
+    dh, dw = a["dilations"]
+    pt, pl, pb, pr = a["pads"]
+    xp = np.pad(xc, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    oh = (xp.shape[2] - ekh) // sh + 1
+    ow = (xp.shape[3] - ekw) // sw + 1
+    win = sliding_window_view(xp, (ekh, ekw), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :oh, :ow]
+    n = x.shape[0]
+    out = np.empty((n, cout, oh, ow), dtype=dtype)
+    cout_g = cout // g
+    per_sample = oh * ow * cin_g * kh * kw
+    step = max(1, _CHUNK_ELEMS // max(1, per_sample))
+    for gi in range(g):
+        wg = wc[gi * cout_g : (gi + 1) * cout_g].reshape(cout_g, -1).T
+        for s in range(0, n, step):
+            cols = win[s : s + step, gi * cin_g : (gi + 1) * cin_g]  # (b, C, OH, OW, kh, kw)
+            cols = np.ascontiguousarray(cols.transpose(0, 2, 3, 1, 4, 5)).reshape(-1, cin_g * kh * kw)
+            res = (cols @ wg).reshape(-1, oh, ow, cout_g).transpose(0, 3, 1, 2)
+            out[s : s + step, gi * cout_g : (gi + 1) * cout_g] = res
+    w_lsb_out = w_lsb[:, 0, 0, 0].reshape(cout, 1, 1)
+    out_lsb = float(x_lsb) * w_lsb_out
+    bias_codes = None
+    if layer.bias is not None and not isinstance(graph.tensors[layer.output].format, Float32):
+        bias_codes = _codes(layer.bias.astype(np.float64).reshape(cout, 1, 1), out_lsb, dtype)
+    return _mac_output(graph, layer, out, out_lsb, bias_codes, x_lsb, w_lsb_out)
+
+
+_OPS = {
+    "Quantize": _quantize,
+    "BatchNorm": _batchnorm,
+    "FloatOp": _floatop,
+    "Relu": _relu,
+    "Clip": _clip,
+    "Add": _add,
+    "MaxPool": _maxpool,
+    "AvgPool": _avgpool,
+    "Reshape": _reshape,
+    "Transpose": _transpose,
+    "Conv2d": _conv,
+    "Dense": _dense,
+}
+
+__all__ = ["emulate", "run_layer", "math"]

@@ -1,0 +1,814 @@
+"""Number formats: the one source of numeric truth in edgeq.
+
+Every rounding and overflow rule lives in this module, once. The emulator, the ingest and every
+code generator ask a format object what a value becomes; nothing else re-implements a rule.
+
+Formats are small immutable values:
+
+* :class:`FixedPoint` -- Xilinx ``ap_fixed``/``ap_ufixed`` semantics (all AP_* quantization and
+  overflow modes).
+* :class:`Int` -- QONNX ``Quant``: an integer grid with scale and zero point.
+* :class:`MiniFloat` -- QONNX ``FloatQuant`` (ExMy with bias, subnormals, inf/nan policy, saturation).
+* :class:`Float16` -- IEEE binary16, round to nearest even (a MiniFloat).
+* :class:`Binary` -- bipolar +-1 (QONNX ``BipolarQuant``).
+
+``quantize(x)`` always returns float64 values that lie exactly on the format's grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# Rounding: the single implementation of every rounding rule.
+# --------------------------------------------------------------------------------------------
+
+#: Rounding modes, named as in ap_fixed (without the ``AP_`` prefix), plus the two directed modes
+#: QONNX also has (CEIL = toward +inf, UP = away from zero).
+ROUNDING_MODES = ("TRN", "TRN_ZERO", "RND", "RND_ZERO", "RND_MIN_INF", "RND_INF", "RND_CONV", "CEIL", "UP")
+
+#: QONNX ``rounding_mode`` strings (Quant, Trunc, FloatQuant) -> edgeq rounding mode.
+QONNX_ROUNDING = {
+    "ROUND": "RND_CONV",  # numpy round: half to even
+    "HALF_EVEN": "RND_CONV",
+    "CEIL": "CEIL",
+    "FLOOR": "TRN",
+    "UP": "UP",  # away from zero
+    "DOWN": "TRN_ZERO",  # toward zero (np.fix)
+    "HALF_UP": "RND_INF",  # sign(x) * floor(|x| + 0.5): half away from zero
+    "HALF_DOWN": "RND_ZERO",  # sign(x) * ceil(|x| - 0.5): half toward zero
+}
+
+#: Overflow modes, named as in ap_fixed.
+OVERFLOW_MODES = ("WRAP", "SAT", "SAT_ZERO", "SAT_SYM")
+
+
+def rounding_mode(name: str) -> str:
+    """Normalise a rounding-mode name (ap_fixed style, with or without ``AP_``, or QONNX style)."""
+    key = str(name).upper()
+    if key.startswith("AP_"):
+        key = key[3:]
+    if key in ROUNDING_MODES:
+        return key
+    if key in QONNX_ROUNDING:
+        return QONNX_ROUNDING[key]
+    raise ValueError(
+        f"unknown rounding mode {name!r}; supported: {', '.join(ROUNDING_MODES)} "
+        f"or QONNX {', '.join(QONNX_ROUNDING)}"
+    )
+
+
+def _overflow_mode(name: str) -> str:
+    key = str(name).upper()
+    if key.startswith("AP_"):
+        key = key[3:]
+    if key not in OVERFLOW_MODES:
+        raise ValueError(f"unknown overflow mode {name!r}; supported: {', '.join(OVERFLOW_MODES)}")
+    return key
+
+
+def _round_parts(fl, above, tie, inexact, negative, mode: str):
+    """Finish rounding once the value is split into ``fl = floor(v)`` and its fraction class.
+
+    ``above``/``tie``/``inexact`` say whether the fraction ``v - fl`` is > 1/2, == 1/2, != 0;
+    ``negative`` whether ``v < 0``. Works for float64, int64 and object (Python int) arrays.
+    """
+    if mode == "TRN":
+        return fl
+    if mode == "CEIL":
+        inc = inexact
+    elif mode == "TRN_ZERO":
+        inc = inexact & negative
+    elif mode == "UP":
+        inc = inexact & ~negative
+    elif mode == "RND":
+        inc = above | tie
+    elif mode == "RND_MIN_INF":
+        inc = above
+    elif mode == "RND_ZERO":
+        inc = above | (tie & negative)
+    elif mode == "RND_INF":
+        inc = above | (tie & ~negative)
+    elif mode == "RND_CONV":
+        inc = above | (tie & (fl % 2 == 1))
+    else:  # pragma: no cover - guarded by rounding_mode()
+        raise ValueError(mode)
+    return np.where(inc, fl + 1, fl)
+
+
+def round_float(v: np.ndarray, mode: str) -> np.ndarray:
+    """Round float values to integers (as floats of the same dtype) with ``mode``. Exact."""
+    v = np.asarray(v)
+    fl = np.floor(v)
+    d = v - fl  # exact: the fractional part of a float is representable
+    return _round_parts(fl, d > 0.5, d == 0.5, d != 0, v < 0, mode).astype(v.dtype, copy=False)
+
+
+def round_shift(m: np.ndarray, shift: int, mode: str) -> np.ndarray:
+    """Exactly round the integers ``m / 2**shift`` to integers with ``mode``.
+
+    ``m`` is an int64 or object (Python int) array. ``shift <= 0`` is an exact left shift.
+    """
+    m = np.asarray(m)
+    if shift <= 0:
+        return m << (-shift) if shift else m.copy()
+    if m.dtype != object and shift > 62:
+        # |m| < 2**63: beyond 62 bits every value rounds like m / 2**62 does (no ties possible).
+        m = m.astype(object)
+    fl = m >> shift
+    r = m - (fl << shift)
+    half = 1 << (shift - 1)
+    return _round_parts(fl, r > half, r == half, r != 0, m < 0, mode)
+
+
+def overflow(q: np.ndarray, width: int, signed: bool, mode: str, lo: int | None = None, hi: int | None = None):
+    """Apply an ap_fixed overflow mode to integer-valued ``q`` (float64, int64 or object).
+
+    ``lo``/``hi`` default to the two's-complement range of ``width`` bits.
+    """
+    if lo is None:
+        lo = -(1 << (width - 1)) if signed else 0
+    if hi is None:
+        hi = (1 << (width - 1)) - 1 if signed else (1 << width) - 1
+    over = q > hi
+    under = q < lo
+    if mode == "WRAP":
+        period = 1 << width
+        if isinstance(q, np.ndarray) and q.dtype.kind == "f":
+            period = float(period)
+        r = q % period  # exact for integer-valued floats too (fmod is exact)
+        return np.where(r > hi, r - period, r) if signed else r
+    if mode == "SAT":
+        return np.where(over, hi, np.where(under, lo, q))
+    if mode == "SAT_ZERO":
+        return np.where(over | under, 0, q)
+    if mode == "SAT_SYM":
+        if not signed:
+            return np.where(over, hi, np.where(under, lo, q))
+        # ap_fixed: symmetric saturation; the most negative code is never produced.
+        return np.where(over, hi, np.where(q <= lo, -hi, q))
+    raise ValueError(mode)  # pragma: no cover
+
+
+def _int_dtype(width: int):
+    """Smallest numpy dtype holding integer codes (and their products' intermediates) exactly."""
+    return np.int64 if width <= 62 else object
+
+
+# --------------------------------------------------------------------------------------------
+# The formats
+# --------------------------------------------------------------------------------------------
+
+
+class NumFormat:
+    """Base class of all number formats (immutable values)."""
+
+    #: number of bits of one stored value
+    bits: int
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_bits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def from_bits(self, b: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def ctype(self, backend: str = "hls") -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description (used by ``edgeq inspect --json`` and reports)."""
+        d: dict[str, Any] = {"kind": type(self).__name__, "str": str(self)}
+        for k, v in self.__dict__.items():
+            if isinstance(v, tuple):
+                v = list(v)
+            d[k] = v
+        return d
+
+
+def _check_finite_or_raise(x: np.ndarray, fmt: NumFormat) -> None:
+    if np.isnan(x).any():
+        raise ValueError(f"NaN cannot be represented in {fmt}")
+
+
+@dataclass(frozen=True)
+class FixedPoint(NumFormat):
+    """Two's-complement (or unsigned) fixed point with exact ``ap_fixed<W, I, Q, O>`` semantics.
+
+    A value is ``code * 2**-(width - int_bits)`` with ``code`` a ``width``-bit integer. ``int_bits``
+    may be negative or larger than ``width``. Rounding is applied first, then overflow, as in
+    ap_fixed.
+    """
+
+    width: int
+    int_bits: int
+    signed: bool = True
+    rounding: str = "TRN"
+    overflow: str = "WRAP"
+
+    def __post_init__(self):
+        if int(self.width) < 1:
+            raise ValueError(f"FixedPoint width must be >= 1, got {self.width}")
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "int_bits", int(self.int_bits))
+        object.__setattr__(self, "signed", bool(self.signed))
+        object.__setattr__(self, "rounding", rounding_mode(self.rounding))
+        object.__setattr__(self, "overflow", _overflow_mode(self.overflow))
+
+    # -- grid -----------------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        return self.width
+
+    @property
+    def frac_bits(self) -> int:
+        return self.width - self.int_bits
+
+    @property
+    def code_min(self) -> int:
+        return -(1 << (self.width - 1)) if self.signed else 0
+
+    @property
+    def code_max(self) -> int:
+        return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
+
+    @property
+    def eps(self) -> float:
+        return math.ldexp(1.0, -self.frac_bits)
+
+    @property
+    def min(self) -> float:
+        return math.ldexp(self.code_min, -self.frac_bits)
+
+    @property
+    def max(self) -> float:
+        return math.ldexp(self.code_max, -self.frac_bits)
+
+    # -- quantization -----------------------------------------------------------------------
+    def quantize_codes(self, x: np.ndarray) -> np.ndarray:
+        """Integer codes of ``x`` (float array) after this format's rounding and overflow.
+
+        NaN raises ValueError; +-inf saturate under the SAT modes and raise under WRAP.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        _check_finite_or_raise(x, self)
+        inf = np.isinf(x)
+        if inf.any() and self.overflow == "WRAP":
+            raise ValueError(f"infinity cannot be wrapped into {self}")
+        ib = self.int_bits
+        if self.overflow == "WRAP":
+            # Reduce modulo 2**int_bits first (exact, keeps the sign and the rounding outcome),
+            # so that the scaled value below stays finite for any input.
+            x = np.fmod(x, math.ldexp(1.0, ib))
+        else:
+            # Beyond +-2**(int_bits+1) everything overflows the same way; clip keeps scaling finite.
+            lim = math.ldexp(1.0, ib + 1)
+            x = np.clip(x, -lim, lim)
+        s = np.ldexp(x, self.frac_bits)
+        q = round_float(s, self.rounding)
+        q = overflow(q, self.width, self.signed, self.overflow)
+        return q.astype(_int_dtype(self.width)) if self.width <= 62 else np.array(
+            [int(v) for v in q.ravel()], dtype=object
+        ).reshape(q.shape)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Values of ``x`` on this format's grid (float64), exactly as ``ap_fixed`` assigns them."""
+        return self.decode(self.quantize_codes(x))
+
+    def cast_codes(self, m: np.ndarray, frac_bits: int) -> np.ndarray:
+        """Exact cast of fixed-point values ``m * 2**-frac_bits`` (integer ``m``) into this format.
+
+        This is the HLS cast from an accumulator into a narrower ``ap_fixed``: rounding on the
+        dropped bits, then overflow. Returns integer codes.
+        """
+        q = round_shift(np.asarray(m), frac_bits - self.frac_bits, self.rounding)
+        return overflow(q, self.width, self.signed, self.overflow)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Float64 values of integer codes (exact for widths up to 53 bits)."""
+        return np.ldexp(np.asarray(codes).astype(np.float64), -self.frac_bits)
+
+    # -- bits ---------------------------------------------------------------------------------
+    def to_bits(self, x: np.ndarray) -> np.ndarray:
+        """Two's-complement bit patterns (uint64) of the values ``x`` after quantization."""
+        codes = np.asarray(self.quantize_codes(x)).astype(object)
+        mask = (1 << self.width) - 1
+        return np.array([int(c) & mask for c in codes.ravel()], dtype=np.uint64).reshape(codes.shape)
+
+    def from_bits(self, b: np.ndarray) -> np.ndarray:
+        """Values of ``width``-bit patterns (sign-extended when signed)."""
+        b = np.asarray(b).astype(object)
+        sign = 1 << (self.width - 1)
+
+        def code(v):
+            v = int(v) & ((1 << self.width) - 1)
+            return v - (1 << self.width) if self.signed and v & sign else v
+
+        codes = np.array([code(v) for v in b.ravel()], dtype=object).reshape(b.shape)
+        return self.decode(codes)
+
+    # -- rendering ------------------------------------------------------------------------------
+    def ctype(self, backend: str = "hls") -> str:
+        base = "ap_fixed" if self.signed else "ap_ufixed"
+        if backend == "hls":
+            return f"{base}<{self.width},{self.int_bits},AP_{self.rounding},AP_{self.overflow}>"
+        if backend == "c":
+            for n in (8, 16, 32, 64):
+                if self.width <= n:
+                    return f"{'' if self.signed else 'u'}int{n}_t"
+        raise ValueError(f"no {backend} type for {self}")
+
+    def __str__(self) -> str:
+        base = "fixed" if self.signed else "ufixed"
+        return f"{base}<{self.width},{self.int_bits},{self.rounding},{self.overflow}>"
+
+
+def _as_f32_tuple(v) -> tuple[float, ...]:
+    return tuple(float(np.float32(a)) for a in np.atleast_1d(np.asarray(v, dtype=np.float32)).ravel())
+
+
+def _param_array(values: tuple[float, ...], shape: tuple[int, ...], axis: int | None, ndim: int, dtype):
+    """Broadcastable array of a per-tensor or per-channel parameter."""
+    a = np.asarray(values, dtype=dtype)
+    if a.size == 1:
+        return a.reshape(())
+    if shape:
+        return a.reshape(shape)
+    view = [1] * ndim
+    view[axis if axis is not None else 1] = a.size
+    return a.reshape(view)
+
+
+@dataclass(frozen=True)
+class Int(NumFormat):
+    """QONNX ``Quant``: ``clip(round(x / scale + zero_point)) - zero_point) * scale``.
+
+    ``scale``/``zero_point`` are float32 per tensor or per channel (``param_shape`` gives the
+    broadcast shape QONNX used). Arithmetic follows QONNX's reference in the input's dtype
+    (float32 for graph tensors), so results are bit-identical to ``execute_onnx``.
+    A 1-bit signed Int is bipolar, as QONNX executes it.
+    """
+
+    width: int
+    signed: bool = True
+    narrow: bool = False
+    scale: tuple[float, ...] = (1.0,)
+    zero_point: tuple[float, ...] = (0.0,)
+    rounding: str = "RND_CONV"
+    param_shape: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if int(self.width) < 1:
+            raise ValueError(f"Int width must be >= 1, got {self.width}")
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "signed", bool(self.signed))
+        object.__setattr__(self, "narrow", bool(self.narrow))
+        object.__setattr__(self, "scale", _as_f32_tuple(self.scale))
+        object.__setattr__(self, "zero_point", _as_f32_tuple(self.zero_point))
+        object.__setattr__(self, "rounding", rounding_mode(self.rounding))
+        object.__setattr__(self, "param_shape", tuple(int(s) for s in self.param_shape))
+        if any(s <= 0 or not math.isfinite(s) for s in self.scale):
+            raise ValueError(f"Int scale must be positive and finite, got {self.scale}")
+
+    @property
+    def bits(self) -> int:
+        return self.width
+
+    @property
+    def bipolar(self) -> bool:
+        return self.width == 1 and self.signed
+
+    @property
+    def code_min(self) -> int:
+        if self.bipolar:
+            return -1
+        if self.signed:
+            return -(1 << (self.width - 1)) + (1 if self.narrow else 0)
+        return 0
+
+    @property
+    def code_max(self) -> int:
+        if self.bipolar:
+            return 1
+        if self.signed:
+            return (1 << (self.width - 1)) - 1
+        return (1 << self.width) - 1 - (1 if self.narrow else 0)
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.scale) > 1 or len(self.zero_point) > 1
+
+    @property
+    def has_zero_point(self) -> bool:
+        return any(z != 0.0 for z in self.zero_point)
+
+    def power_of_two_exponents(self) -> np.ndarray | None:
+        """log2 of each scale if all scales are powers of two, else None."""
+        exps = []
+        for s in self.scale:
+            m, e = math.frexp(s)
+            if m != 0.5:
+                return None
+            exps.append(e - 1)
+        return np.asarray(exps, dtype=np.int64)
+
+    @property
+    def eps(self) -> float:
+        return float(min(self.scale))
+
+    @property
+    def min(self) -> float:
+        return float(min((self.code_min - z) * s for s in self.scale for z in self.zero_point))
+
+    @property
+    def max(self) -> float:
+        return float(max((self.code_max - z) * s for s in self.scale for z in self.zero_point))
+
+    def scale_array(self, ndim: int, dtype=np.float32) -> np.ndarray:
+        return _param_array(self.scale, self.param_shape, 1, ndim, dtype)
+
+    def zero_point_array(self, ndim: int, dtype=np.float32) -> np.ndarray:
+        return _param_array(self.zero_point, self.param_shape, 1, ndim, dtype)
+
+    def quantize_codes(self, x: np.ndarray) -> np.ndarray:
+        """Integer codes (as floats of x's dtype), computed exactly as QONNX's Quant does."""
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float32)
+        s = self.scale_array(x.ndim, x.dtype)
+        z = self.zero_point_array(x.ndim, x.dtype)
+        y = x / s
+        y = y + z
+        if self.bipolar:
+            return np.where(y >= 0, 1.0, -1.0).astype(x.dtype)
+        # QONNX clamps before rounding; the bounds are integers, so this equals round-then-clamp.
+        y = np.clip(y, self.code_min, self.code_max).astype(x.dtype)
+        return round_float(y, self.rounding)
+
+    def dequantize(self, codes: np.ndarray, dtype=np.float32) -> np.ndarray:
+        codes = np.asarray(codes, dtype=dtype)
+        return (codes - self.zero_point_array(codes.ndim, dtype)) * self.scale_array(codes.ndim, dtype)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        dtype = x.dtype if x.dtype.kind == "f" else np.float32
+        return self.dequantize(self.quantize_codes(x), dtype).astype(np.float64)
+
+    def to_bits(self, x: np.ndarray) -> np.ndarray:
+        codes = self.quantize_codes(x).astype(np.int64)
+        if self.bipolar:
+            return (codes > 0).astype(np.uint64)
+        return (codes & ((1 << self.width) - 1)).astype(np.uint64)
+
+    def from_bits(self, b: np.ndarray) -> np.ndarray:
+        b = np.asarray(b).astype(np.int64) & ((1 << self.width) - 1)
+        if self.bipolar:
+            codes = np.where(b > 0, 1, -1)
+        elif self.signed:
+            codes = np.where(b >= (1 << (self.width - 1)), b - (1 << self.width), b)
+        else:
+            codes = b
+        return self.dequantize(codes).astype(np.float64)
+
+    def as_fixed(self) -> FixedPoint | None:
+        """The equivalent :class:`FixedPoint` when the scale is one power of two and there is no
+        zero point (narrow signed ranges map to SAT_SYM), else None."""
+        exps = self.power_of_two_exponents()
+        if exps is None or len(exps) != 1 or self.has_zero_point or self.bipolar:
+            return None
+        if self.narrow and not self.signed:
+            return None
+        ovf = "SAT_SYM" if self.narrow else "SAT"
+        return FixedPoint(self.width, self.width + int(exps[0]), self.signed, self.rounding, ovf)
+
+    def ctype(self, backend: str = "hls") -> str:
+        if backend == "hls":
+            return f"ap_{'' if self.signed else 'u'}int<{self.width}>"
+        if backend == "c":
+            for n in (8, 16, 32, 64):
+                if self.width <= n:
+                    return f"{'' if self.signed else 'u'}int{n}_t"
+        raise ValueError(f"no {backend} type for {self}")
+
+    def __str__(self) -> str:
+        kind = "int" if self.signed else "uint"
+        s = f"{kind}{self.width}"
+        if self.narrow:
+            s += "n"
+        if len(self.scale) == 1:
+            s += f"*{self.scale[0]:.9g}"
+        else:
+            s += f"*scale[{len(self.scale)}]"
+        if self.has_zero_point:
+            s += "+zp"
+        if self.rounding != "RND_CONV":
+            s += f",{self.rounding}"
+        return s
+
+
+@dataclass(frozen=True)
+class MiniFloat(NumFormat):
+    """QONNX ``FloatQuant`` minifloat ExMy (sign + exponent_bits + mantissa_bits).
+
+    Quantization of ``v = x / scale``: the exponent of ``v`` selects the grid step
+    ``2**(max(e, 1 - bias) - mantissa_bits)`` (subnormals) and ``v`` is rounded once on that grid.
+    Then the result is checked against ``max``: saturating formats clip, otherwise the value
+    becomes +-inf (``has_inf``) or NaN (``has_nan``). Without subnormals, magnitudes below the
+    smallest normal round on the grid ``{0, min_normal}``.
+
+    ``max`` is the largest finite value: the top exponent is reserved when ``has_inf`` (IEEE
+    style); with only ``has_nan`` (OCP "fn" style) only the all-ones code is NaN. ``max_val``
+    lowers it further, as FloatQuant's ``max_val`` input does.
+    """
+
+    exponent_bits: int
+    mantissa_bits: int
+    bias: int | None = None
+    has_subnormal: bool = True
+    has_inf: bool = False
+    has_nan: bool = False
+    saturating: bool = True
+    rounding: str = "ROUND"
+    max_val: float | None = None
+    scale: tuple[float, ...] = (1.0,)
+    param_shape: tuple[int, ...] = field(default=())
+
+    def __post_init__(self):
+        if int(self.exponent_bits) < 1:
+            raise ValueError(f"MiniFloat needs exponent_bits >= 1, got {self.exponent_bits}")
+        if int(self.mantissa_bits) < 0:
+            raise ValueError(f"MiniFloat needs mantissa_bits >= 0, got {self.mantissa_bits}")
+        object.__setattr__(self, "exponent_bits", int(self.exponent_bits))
+        object.__setattr__(self, "mantissa_bits", int(self.mantissa_bits))
+        bias = (1 << (int(self.exponent_bits) - 1)) - 1 if self.bias is None else self.bias
+        if float(bias) != int(bias):
+            raise ValueError(f"MiniFloat exponent bias must be an integer, got {bias}")
+        object.__setattr__(self, "bias", int(bias))
+        for k in ("has_subnormal", "has_inf", "has_nan", "saturating"):
+            object.__setattr__(self, k, bool(getattr(self, k)))
+        # Keep the user's QONNX-style name but validate it against the shared rule set.
+        rounding_mode(self.rounding)
+        object.__setattr__(self, "rounding", str(self.rounding).upper())
+        object.__setattr__(self, "scale", _as_f32_tuple(self.scale))
+        object.__setattr__(self, "param_shape", tuple(int(s) for s in self.param_shape))
+        if self.max_val is not None:
+            object.__setattr__(self, "max_val", float(self.max_val))
+        if not self.saturating and not (self.has_inf or self.has_nan):
+            raise ValueError("a non-saturating MiniFloat needs has_inf or has_nan to encode overflow")
+
+    @property
+    def bits(self) -> int:
+        return 1 + self.exponent_bits + self.mantissa_bits
+
+    @property
+    def min_normal_exponent(self) -> int:
+        return 1 - self.bias
+
+    @property
+    def full_max(self) -> float:
+        """Largest magnitude when every code is finite (QONNX's ``compute_max_val``)."""
+        e_max = (1 << self.exponent_bits) - 1 - self.bias
+        return math.ldexp(2.0 - math.ldexp(1.0, -self.mantissa_bits), e_max)
+
+    @property
+    def max(self) -> float:
+        e_top = (1 << self.exponent_bits) - 1 - self.bias
+        m = self.mantissa_bits
+        if self.has_inf:
+            top = math.ldexp(2.0 - math.ldexp(1.0, -m), e_top - 1)
+        elif self.has_nan:
+            if m == 0:
+                top = math.ldexp(1.0, e_top - 1)
+            else:
+                top = math.ldexp(2.0 - math.ldexp(1.0, 1 - m), e_top)
+        else:
+            top = self.full_max
+        return min(top, self.max_val) if self.max_val is not None else top
+
+    @property
+    def min(self) -> float:
+        return -self.max
+
+    @property
+    def eps(self) -> float:
+        """Smallest positive value (a subnormal when they exist)."""
+        if self.has_subnormal:
+            return math.ldexp(1.0, self.min_normal_exponent - self.mantissa_bits)
+        return math.ldexp(1.0, self.min_normal_exponent)
+
+    def scale_array(self, ndim: int, dtype=np.float32) -> np.ndarray:
+        return _param_array(self.scale, self.param_shape, 1, ndim, dtype)
+
+    def quantize_unscaled(self, v: np.ndarray) -> np.ndarray:
+        """Round values ``v`` (already divided by the scale) onto the minifloat grid, in v's dtype."""
+        v = np.asarray(v)
+        if v.dtype.kind != "f":
+            v = v.astype(np.float64)
+        m = self.mantissa_bits
+        _, e2 = np.frexp(v)  # v = f * 2**e2 with 0.5 <= |f| < 1: leading bit at e2 - 1
+        lead = e2.astype(np.int64) - 1
+        normal = np.abs(v) >= math.ldexp(1.0, self.min_normal_exponent)
+        if self.has_subnormal:
+            step = np.maximum(lead, self.min_normal_exponent) - m
+        else:
+            step = np.where(normal, lead - m, self.min_normal_exponent)
+        finite = np.isfinite(v)
+        step = np.where(finite, step, 0)
+        q = np.ldexp(round_float(np.ldexp(np.where(finite, v, 0), -step), rounding_mode(self.rounding)), step)
+        q = np.where(finite, np.copysign(q, v), v).astype(v.dtype)  # keeps -0 like IEEE rounding
+        mx = self.max
+        with np.errstate(invalid="ignore"):
+            over = q > mx
+            under = q < -mx
+        if self.saturating:
+            q = np.where(over, mx, np.where(under, -mx, q))
+        elif self.has_inf:
+            q = np.where(over, np.inf, np.where(under, -np.inf, q))
+        else:
+            q = np.where(over | under | np.isinf(v), np.nan, q)
+        return q.astype(v.dtype)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """FloatQuant semantics; arithmetic in x's dtype (float32 reproduces QONNX exactly)."""
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)
+        if self.scale == (1.0,):
+            return self.quantize_unscaled(x).astype(np.float64)
+        s = self.scale_array(x.ndim, x.dtype)
+        return (self.quantize_unscaled(x / s) * s).astype(np.float64)
+
+    # -- bits ---------------------------------------------------------------------------------
+    def to_bits(self, x: np.ndarray) -> np.ndarray:
+        """Sign|exponent|mantissa bit patterns (uint64) of ``x`` after quantization (scale 1)."""
+        x = np.asarray(x)
+        q = np.asarray(self.quantize_unscaled(x if x.dtype.kind == "f" else x.astype(np.float64)), np.float64)
+        e, m = self.exponent_bits, self.mantissa_bits
+        negative = np.signbit(np.where(np.isnan(q), x, q))
+        sign = negative.astype(np.uint64) << np.uint64(e + m)
+        a = np.abs(q)
+        _, e2 = np.frexp(a)
+        lead = e2.astype(np.int64) - 1
+        normal = a >= math.ldexp(1.0, self.min_normal_exponent)
+        exp_field = np.where(normal, lead + self.bias, 0)
+        step = np.where(normal, lead, self.min_normal_exponent) - m
+        mant = np.ldexp(np.where(np.isfinite(a), a, 0.0), -step)
+        mant = np.where(normal, mant - (1 << m), mant)
+        top = (1 << e) - 1
+        exp_field = np.where(np.isinf(a), top, exp_field)
+        mant = np.where(np.isinf(a), 0, mant)
+        all_ones = (1 << (e + m)) - 1
+        body = (exp_field.astype(np.int64) << m) | np.nan_to_num(mant).astype(np.int64)
+        body = np.where(np.isnan(a), all_ones, body)
+        return sign | body.astype(np.uint64)
+
+    def from_bits(self, b: np.ndarray) -> np.ndarray:
+        """Values (scale 1) of sign|exponent|mantissa bit patterns."""
+        b = np.asarray(b).astype(np.int64)
+        e, m = self.exponent_bits, self.mantissa_bits
+        sign = np.where((b >> (e + m)) & 1, -1.0, 1.0)
+        ef = (b >> m) & ((1 << e) - 1)
+        mf = b & ((1 << m) - 1)
+        top = (1 << e) - 1
+        val = np.where(
+            ef == 0,
+            np.ldexp(mf.astype(np.float64), self.min_normal_exponent - m),
+            np.ldexp((mf + (1 << m)).astype(np.float64), (ef - self.bias - m).astype(np.int64)),
+        )
+        if self.has_inf:
+            val = np.where((ef == top) & (mf == 0), np.inf, val)
+            val = np.where((ef == top) & (mf != 0), np.nan, val)
+        elif self.has_nan:
+            val = np.where((ef == top) & (mf == (1 << m) - 1), np.nan, val)
+        return sign * val
+
+    def ctype(self, backend: str = "hls") -> str:
+        if backend == "hls":
+            return f"ap_uint<{self.bits}>"
+        if backend == "c":
+            return "uint8_t" if self.bits <= 8 else "uint16_t"
+        raise ValueError(f"no {backend} type for {self}")
+
+    def __str__(self) -> str:
+        flags = []
+        if not self.has_subnormal:
+            flags.append("nosub")
+        if self.has_inf:
+            flags.append("inf")
+        if self.has_nan:
+            flags.append("nan")
+        flags.append("sat" if self.saturating else "nosat")
+        s = f"e{self.exponent_bits}m{self.mantissa_bits}"
+        default_bias = (1 << (self.exponent_bits - 1)) - 1
+        if self.bias != default_bias:
+            s += f"b{self.bias}"
+        if self.scale != (1.0,):
+            s += f"*{self.scale[0]:.9g}" if len(self.scale) == 1 else f"*scale[{len(self.scale)}]"
+        return f"{s}({','.join(flags)})"
+
+
+class Float16(MiniFloat):
+    """IEEE 754 binary16 (``_Float16``), round to nearest even, overflow to infinity."""
+
+    def __init__(self):
+        super().__init__(5, 10, 15, True, True, True, False, "ROUND")
+
+    def __reduce__(self):
+        return (Float16, ())
+
+    def ctype(self, backend: str = "c") -> str:
+        return {"c": "_Float16", "hls": "half"}[backend]
+
+    def __str__(self) -> str:
+        return "float16"
+
+
+@dataclass(frozen=True)
+class Binary(NumFormat):
+    """Bipolar +-1 (times ``scale``), as QONNX ``BipolarQuant``: ``x >= 0 -> +1``, else ``-1``.
+
+    Bit pattern: 1 encodes +1, 0 encodes -1 (the XNOR-popcount convention).
+    """
+
+    scale: tuple[float, ...] = (1.0,)
+    param_shape: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", _as_f32_tuple(self.scale))
+        object.__setattr__(self, "param_shape", tuple(int(s) for s in self.param_shape))
+
+    bits = 1
+
+    @property
+    def min(self) -> float:
+        return -float(max(self.scale))
+
+    @property
+    def max(self) -> float:
+        return float(max(self.scale))
+
+    @property
+    def eps(self) -> float:
+        return float(min(self.scale))
+
+    def scale_array(self, ndim: int, dtype=np.float32) -> np.ndarray:
+        return _param_array(self.scale, self.param_shape, 1, ndim, dtype)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        dtype = x.dtype if x.dtype.kind == "f" else np.float32
+        signs = np.where(x >= 0, 1.0, -1.0).astype(dtype)
+        return (signs * self.scale_array(x.ndim, dtype)).astype(np.float64)
+
+    def to_bits(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x) >= 0).astype(np.uint64)
+
+    def from_bits(self, b: np.ndarray) -> np.ndarray:
+        b = np.asarray(b)
+        return np.where(b & 1, 1.0, -1.0) * self.scale_array(b.ndim, np.float64)
+
+    def ctype(self, backend: str = "hls") -> str:
+        return {"hls": "ap_uint<1>", "c": "uint32_t"}[backend]
+
+    def __str__(self) -> str:
+        return "bipolar" if self.scale == (1.0,) else f"bipolar*{self.scale[0]:.9g}"
+
+
+@dataclass(frozen=True)
+class Float32(NumFormat):
+    """IEEE binary32: the declared format of float glue (element-wise float32, as onnxruntime)."""
+
+    bits = 32
+
+    @property
+    def min(self) -> float:
+        return float(np.finfo(np.float32).min)
+
+    @property
+    def max(self) -> float:
+        return float(np.finfo(np.float32).max)
+
+    @property
+    def eps(self) -> float:
+        return float(np.finfo(np.float32).smallest_subnormal)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x).astype(np.float32).astype(np.float64)
+
+    def to_bits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+
+    def from_bits(self, b: np.ndarray) -> np.ndarray:
+        return np.asarray(b, dtype=np.uint32).view(np.float32).astype(np.float64)
+
+    def ctype(self, backend: str = "hls") -> str:
+        return "float"
+
+    def __str__(self) -> str:
+        return "float32"

@@ -1,0 +1,566 @@
+"""QONNX ingest: read a model, clean it with qonnx, and lower it into the edgeq IR.
+
+``load(path_or_ModelWrapper) -> Graph``. Every weight, bias and activation tensor of the result
+carries its NumFormat. Anything that cannot be lowered raises one :class:`EdgeqError` naming the
+node, its op type and what is supported.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.errors import EdgeqError
+from edgeq.formats import Binary, FixedPoint, Float32, Int, MiniFloat, NumFormat
+from edgeq.ir import Contract, Graph, Layer, Tensor
+
+QUANT_OPS = ("Quant", "BipolarQuant", "FloatQuant")
+#: op types qonnx must never constant-fold: folding would erase the weight formats.
+PRESERVED_OPS = ["Quant", "BipolarQuant", "FloatQuant", "Trunc", "QuantizeLinear", "DequantizeLinear"]
+QONNX_DOMAIN = "qonnx.custom_op.general"
+
+SUPPORTED_OPS = (
+    "Quant, BipolarQuant, FloatQuant, Conv, MatMul, Gemm, BatchNormalization, Relu, Clip, Add, Sub, Mul, "
+    "Div, Pow, Max, Min, MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten, Transpose, Identity, Dropout"
+)
+_FLOAT_FNS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max", "Min": "min"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and cleaning
+# ---------------------------------------------------------------------------------------------
+
+
+def _read(model: Any):
+    """Return a qonnx ModelWrapper, turning every way a file can be bad into one clear line."""
+    import onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    if isinstance(model, ModelWrapper):
+        return model, getattr(model, "_edgeq_path", None)
+    if isinstance(model, onnx.ModelProto):
+        return ModelWrapper(model), None
+    path = Path(os.fspath(model))
+    if not path.exists():
+        raise EdgeqError(f"{path}: no such file; pass the path of a QONNX .onnx model")
+    if path.is_dir():
+        raise EdgeqError(f"{path}: is a directory; pass the path of a QONNX .onnx model")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError, missing external data, ...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EdgeqError(
+            f"{path}: not a readable ONNX model ({reason}); re-export it with edgeq.export()"
+        ) from None
+    if len(proto.graph.node) == 0 or len(proto.graph.input) == 0 or len(proto.graph.output) == 0:
+        raise EdgeqError(f"{path}: ONNX model has no graph (empty or truncated file); re-export it")
+    return ModelWrapper(proto), str(path)
+
+
+def _cleanup(mw, where: str):
+    """qonnx cleanup that keeps every quantizer, including FloatQuant on weights."""
+    from qonnx.transformation.fold_constants import FoldConstants
+    from qonnx.transformation.general import (
+        GiveUniqueParameterTensors,
+        RemoveStaticGraphInputs,
+        RemoveUnusedTensors,
+        SortGraph,
+    )
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.quant_constant_folding import FoldTransposeIntoQuantInit
+
+    for node in mw.graph.node:
+        if node.op_type in QUANT_OPS + ("Trunc",):
+            node.domain = QONNX_DOMAIN
+    # Name unnamed nodes only: users know their nodes by the names they exported.
+    seen: set[str] = set()
+    for i, node in enumerate(mw.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    inp = mw.graph.input[0]
+    dims = inp.type.tensor_type.shape.dim
+    for k, d in enumerate(dims):
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            if k == 0:
+                d.Clear()
+                d.dim_value = 1  # the batch axis: edgeq runs per-sample shapes
+            else:
+                raise EdgeqError(
+                    f"{where}: input '{inp.name}' has a dynamic dimension {k} ('{d.dim_param}'); "
+                    "export with a fixed input shape"
+                )
+    try:
+        for t in (
+            InferShapes(),
+            GiveUniqueParameterTensors(),
+            FoldConstants(exclude_op_types=PRESERVED_OPS),
+            FoldTransposeIntoQuantInit(),
+            RemoveUnusedTensors(),
+            RemoveStaticGraphInputs(),
+            SortGraph(),
+            InferShapes(),
+            InferDataTypes(),
+        ):
+            mw = mw.transform(t)
+    except EdgeqError:
+        raise
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EdgeqError(f"{where}: qonnx could not clean this model ({reason}); is it a valid QONNX export?") from None
+    return mw
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats of quantizer nodes
+# ---------------------------------------------------------------------------------------------
+
+
+def _const(mw, name: str, node, what: str) -> np.ndarray:
+    v = mw.get_initializer(name)
+    if v is None:
+        raise EdgeqError(
+            f"node '{node.name}' ({node.op_type}): {what} '{name}' is not a constant; "
+            "edgeq needs static quantizer parameters"
+        )
+    return np.asarray(v)
+
+
+def _attr(node, name: str, default):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            v = helper.get_attribute_value(a)
+            return v.decode() if isinstance(v, bytes) else v
+    return default
+
+
+def _param_shape(a: np.ndarray) -> tuple[int, ...]:
+    return tuple(a.shape) if a.size > 1 else ()
+
+
+def quantizer_format(mw, node) -> NumFormat:
+    """The NumFormat a QONNX quantizer node (Quant, BipolarQuant, FloatQuant) produces."""
+    try:
+        if node.op_type == "Quant":
+            scale = _const(mw, node.input[1], node, "scale")
+            zp = _const(mw, node.input[2], node, "zero point")
+            bw = _const(mw, node.input[3], node, "bit width")
+            if bw.size != 1 or float(bw) != int(bw) or int(bw) < 1:
+                raise EdgeqError(f"node '{node.name}' (Quant): bit width {bw.ravel()[:4]} is not a positive integer")
+            shape = _param_shape(scale) if scale.size >= zp.size else _param_shape(zp)
+            return Int(
+                int(bw),
+                signed=bool(_attr(node, "signed", 1)),
+                narrow=bool(_attr(node, "narrow", 0)),
+                scale=tuple(np.broadcast_to(scale, shape or scale.shape).ravel()) if shape else scale.ravel(),
+                zero_point=tuple(np.broadcast_to(zp, shape).ravel()) if shape else zp.ravel(),
+                rounding=_attr(node, "rounding_mode", "ROUND"),
+                param_shape=shape,
+            )
+        if node.op_type == "BipolarQuant":
+            scale = _const(mw, node.input[1], node, "scale")
+            return Binary(scale=scale.ravel(), param_shape=_param_shape(scale))
+        if node.op_type == "FloatQuant":
+            scale = _const(mw, node.input[1], node, "scale")
+            eb = float(_const(mw, node.input[2], node, "exponent bit width"))
+            mb = float(_const(mw, node.input[3], node, "mantissa bit width"))
+            bias = float(_const(mw, node.input[4], node, "exponent bias"))
+            max_val = float(_const(mw, node.input[5], node, "max_val")) if len(node.input) > 5 else None
+            if eb < 1 or eb != int(eb):
+                raise EdgeqError(
+                    f"node '{node.name}' (FloatQuant): exponent bit width {eb:g} must be an integer >= 1"
+                )
+            return MiniFloat(
+                int(eb),
+                int(mb),
+                bias=bias,
+                has_subnormal=bool(_attr(node, "has_subnormal", 0)) or True,  # QONNX always has subnormals
+                has_inf=bool(_attr(node, "has_inf", 0)),
+                has_nan=bool(_attr(node, "has_nan", 0)),
+                saturating=bool(_attr(node, "saturation", 1)),
+                rounding=_attr(node, "rounding_mode", "ROUND"),
+                max_val=max_val,
+                scale=scale.ravel(),
+                param_shape=_param_shape(scale),
+            )
+    except EdgeqError:
+        raise
+    except ValueError as e:
+        raise EdgeqError(f"node '{node.name}' ({node.op_type}): {e}") from None
+    raise AssertionError(node.op_type)  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------
+# Grids: exact integer views of quantized values (shared with the emulator)
+# ---------------------------------------------------------------------------------------------
+
+
+def grid_of(fmt: NumFormat) -> tuple[np.ndarray, int] | None:
+    """(lsb, max |code|) such that every value of ``fmt`` is ``code * lsb`` exactly, or None.
+
+    ``lsb`` is per tensor (0-d) or per channel (broadcastable over a per-sample tensor with the
+    channel first). Minifloats decode to fixed point with the smallest subnormal step as lsb.
+    """
+    if isinstance(fmt, FixedPoint):
+        return np.asarray(fmt.eps), max(-fmt.code_min, fmt.code_max)
+    if isinstance(fmt, Int):
+        zmax = max(abs(z) for z in fmt.zero_point)
+        if any(z != int(z) for z in fmt.zero_point):
+            return None
+        lsb = np.asarray(fmt.scale, dtype=np.float64)
+        return _channel_view(lsb, fmt.param_shape), int(max(-fmt.code_min, fmt.code_max) + zmax)
+    if isinstance(fmt, Binary):
+        return _channel_view(np.asarray(fmt.scale, dtype=np.float64), fmt.param_shape), 1
+    if isinstance(fmt, MiniFloat):
+        step = math.ldexp(1.0, fmt.min_normal_exponent - fmt.mantissa_bits)
+        lsb = np.asarray(fmt.scale, dtype=np.float64) * step
+        return _channel_view(lsb, fmt.param_shape), int(fmt.max / step)
+    return None
+
+
+def _channel_view(a: np.ndarray, param_shape: tuple[int, ...]) -> np.ndarray:
+    if a.size == 1:
+        return a.reshape(())
+    # QONNX parameter shapes include the batch axis for activations: (1, C, 1, 1) -> (C, 1, 1).
+    shape = param_shape[1:] if len(param_shape) >= 2 and param_shape[0] == 1 else param_shape
+    return a.reshape(shape)
+
+
+def is_power_of_two(a: np.ndarray) -> bool:
+    m, _ = np.frexp(np.asarray(a, dtype=np.float64))
+    return bool(np.all(m == 0.5))
+
+
+def _bits_for(bound: float) -> int:
+    """Two's-complement width holding every integer in [-bound, bound]."""
+    return max(1, int(math.ceil(math.log2(bound + 1))) + 1) if bound > 0 else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Lowering
+# ---------------------------------------------------------------------------------------------
+
+
+class _Lowering:
+    def __init__(self, mw, where: str):
+        self.mw = mw
+        self.where = where
+        self.tensors: dict[str, Tensor] = {}
+        self.layers: list[Layer] = []
+        self.alias: dict[str, str] = {}
+        # quantized constants: tensor name -> (values float64, format)
+        self.qconst: dict[str, tuple[np.ndarray, NumFormat]] = {}
+
+    # -- helpers -----------------------------------------------------------------------------
+    def name(self, t: str) -> str:
+        while t in self.alias:
+            t = self.alias[t]
+        return t
+
+    def shape(self, t: str) -> tuple[int, ...]:
+        s = self.mw.get_tensor_shape(t)
+        if s is None:
+            raise EdgeqError(f"{self.where}: tensor '{t}' has no inferred shape; export with a fixed input shape")
+        return tuple(int(d) for d in s[1:])
+
+    def is_dynamic(self, t: str) -> bool:
+        return self.name(t) in self.tensors
+
+    def const(self, node, idx: int) -> np.ndarray | None:
+        if idx >= len(node.input) or not node.input[idx]:
+            return None
+        t = node.input[idx]
+        if t in self.qconst:
+            return self.qconst[t][0]
+        v = self.mw.get_initializer(t)
+        return None if v is None else np.asarray(v)
+
+    def add(self, node, op: str, inputs: list[str], fmt: NumFormat, **kw) -> Layer:
+        out = node.output[0]
+        layer = Layer(
+            name=_layer_name(node.name), op=op, inputs=[self.name(i) for i in inputs], output=out,
+            source=[node.name], **kw,
+        )
+        self.layers.append(layer)
+        self.tensors[out] = Tensor(out, self.shape(out), fmt)
+        return layer
+
+    def need_dynamic(self, node, idx: int = 0) -> str:
+        t = node.input[idx]
+        if not self.is_dynamic(t):
+            raise EdgeqError(
+                f"node '{node.name}' ({node.op_type}): input '{t}' is expected to be an activation, "
+                "but it is a constant"
+            )
+        return self.name(t)
+
+    def weight(self, node, idx: int) -> tuple[np.ndarray, NumFormat]:
+        t = node.input[idx]
+        if t in self.qconst:
+            return self.qconst[t]
+        if self.mw.get_initializer(t) is not None:
+            raise EdgeqError(
+                f"node '{node.name}' ({node.op_type}): weight '{t}' is float32 with no quantizer; "
+                "this is not a quantized model: use Brevitas quantized layers (QuantConv2d, QuantLinear, ...)"
+            )
+        raise EdgeqError(
+            f"node '{node.name}' ({node.op_type}): weight '{t}' is computed at run time; "
+            "edgeq needs constant quantized weights"
+        )
+
+    def quantized_input(self, node, t: str) -> NumFormat:
+        fmt = self.tensors[t].format
+        if grid_of(fmt) is None:
+            raise EdgeqError(
+                f"node '{node.name}' ({node.op_type}): input '{t}' is {fmt} with no quantizer; "
+                "insert a quantizer before it (e.g. Brevitas QuantIdentity)"
+            )
+        return fmt
+
+    # -- the walk -------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        mw = self.mw
+        g = mw.graph
+        init_names = {i.name for i in g.initializer}
+        inputs = [i.name for i in g.input if i.name not in init_names]
+        for i in inputs:
+            self.tensors[i] = Tensor(i, self.shape(i), Float32())
+        for node in g.node:
+            self.lower(node)
+        outputs = [self.name(o.name) for o in g.output]
+        for o in outputs:
+            if o not in self.tensors:
+                raise EdgeqError(f"{self.where}: output '{o}' does not depend on the input")
+        # Drop layers whose outputs are never used (e.g. unused branches).
+        graph = Graph(Path(self.where).stem if self.where else "model", inputs, outputs, self.tensors, self.layers,
+                      source_path=self.where)
+        return graph
+
+    def lower(self, node) -> None:
+        op = node.op_type
+        dyn = [t for t in node.input if t and self.is_dynamic(t)]
+        if op in QUANT_OPS:
+            fmt = quantizer_format(self.mw, node)
+            if not dyn:
+                x = self.const(node, 0)
+                if x is None:
+                    raise EdgeqError(f"node '{node.name}' ({op}): input '{node.input[0]}' is not available")
+                self.qconst[node.output[0]] = (fmt.quantize(np.asarray(x, dtype=np.float32)), fmt)
+                return
+            self.add(node, "Quantize", [self.need_dynamic(node)], fmt,
+                     contract=Contract(rounding=f"once: {getattr(fmt, 'rounding', 'sign')}",
+                                       order="elementwise", engine="format.quantize (float32, as QONNX)"))
+            return
+        if not dyn:
+            raise EdgeqError(
+                f"node '{node.name}' ({op}): all inputs are constant but qonnx did not fold it; "
+                "run the model through qonnx cleanup or remove the node"
+            )
+        if op in ("Identity", "Dropout"):
+            self.alias[node.output[0]] = self.name(node.input[0])
+            return
+        if op == "Conv":
+            self.lower_conv(node)
+        elif op in ("MatMul", "Gemm"):
+            self.lower_dense(node)
+        elif op == "BatchNormalization":
+            x = self.need_dynamic(node)
+            gamma, beta, mean, var = (self.const(node, i) for i in range(1, 5))
+            if any(v is None for v in (gamma, beta, mean, var)):
+                raise EdgeqError(f"node '{node.name}' (BatchNormalization): parameters must be constants")
+            self.add(node, "BatchNorm", [x], Float32(),
+                     attrs={"gamma": gamma.astype(np.float32), "beta": beta.astype(np.float32),
+                            "mean": mean.astype(np.float32), "var": var.astype(np.float32),
+                            "epsilon": np.float32(_attr(node, "epsilon", 1e-5))},
+                     contract=Contract(rounding="float32 after every op", fused=False,
+                                       order="inv=1/sqrt(var+eps); s=inv*gamma; b=beta-mean*s; y=x*s+b",
+                                       engine="float32 numpy (onnxruntime order)"))
+        elif op in _FLOAT_FNS:
+            self.lower_binary(node, dyn)
+        elif op == "Relu":
+            x = self.need_dynamic(node)
+            self.add(node, "Relu", [x], self.tensors[x].format)
+        elif op == "Clip":
+            x = self.need_dynamic(node)
+            lo = self.const(node, 1)
+            hi = self.const(node, 2)
+            lo = float(lo) if lo is not None else float(_attr(node, "min", -np.inf))
+            hi = float(hi) if hi is not None else float(_attr(node, "max", np.inf))
+            self.add(node, "Clip", [x], self.tensors[x].format, attrs={"lo": lo, "hi": hi})
+        elif op == "MaxPool":
+            x = self.need_dynamic(node)
+            self.add(node, "MaxPool", [x], self.tensors[x].format, attrs=self.pool_attrs(node))
+        elif op in ("AveragePool", "GlobalAveragePool"):
+            x = self.need_dynamic(node)
+            attrs = self.pool_attrs(node) if op == "AveragePool" else {"global": True}
+            attrs["count_include_pad"] = int(_attr(node, "count_include_pad", 0))
+            self.add(node, "AvgPool", [x], Float32(), attrs=attrs,
+                     contract=Contract(rounding="once: float32 division of the exact window sum",
+                                       order="sum then divide", engine="float64 sum, float32 divide"))
+        elif op in ("Reshape", "Flatten"):
+            x = self.need_dynamic(node)
+            self.add(node, "Reshape", [x], self.tensors[x].format, attrs={"shape": self.shape(node.output[0])})
+        elif op == "Transpose":
+            x = self.need_dynamic(node)
+            perm = list(_attr(node, "perm", []))
+            if not perm or perm[0] != 0:
+                raise EdgeqError(f"node '{node.name}' (Transpose): transposes that move the batch axis are unsupported")
+            self.add(node, "Transpose", [x], self.tensors[x].format, attrs={"perm": [p - 1 for p in perm[1:]]})
+        else:
+            raise EdgeqError(f"node '{node.name}' ({op}): no lowering for op type {op}; supported: {SUPPORTED_OPS}")
+
+    def pool_attrs(self, node) -> dict[str, Any]:
+        k = list(_attr(node, "kernel_shape", []))
+        if len(k) != 2:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): only 2-D pooling is supported (kernel {k})")
+        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+        if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): auto_pad is unsupported; export explicit pads")
+        dil = list(_attr(node, "dilations", [1, 1]))
+        if dil != [1, 1]:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): dilated pooling is unsupported")
+        return {"kernel": k, "strides": list(_attr(node, "strides", [1, 1])), "pads": pads,
+                "ceil_mode": int(_attr(node, "ceil_mode", 0))}
+
+    def lower_binary(self, node, dyn: list[str]) -> None:
+        op = node.op_type
+        fn = _FLOAT_FNS[op]
+        if len(dyn) == 2:
+            if op != "Add":
+                raise EdgeqError(f"node '{node.name}' ({op}): {op} of two activations is unsupported; only Add")
+            a, b = (self.name(t) for t in node.input)
+            fa, fb = self.tensors[a].format, self.tensors[b].format
+            out_fmt: NumFormat = Float32()
+            contract = Contract(rounding="float32 add (one rounding)", engine="float32 numpy")
+            if isinstance(fa, FixedPoint) and isinstance(fb, FixedPoint):
+                frac = max(fa.frac_bits, fb.frac_bits)
+                ib = max(fa.int_bits, fb.int_bits) + 1
+                out_fmt = FixedPoint(ib + frac, ib, True)
+                contract = Contract(accumulator=out_fmt, rounding="none: exact", engine="float64 exact")
+            self.add(node, "Add", [a, b], out_fmt, contract=contract)
+            return
+        xi = 0 if self.is_dynamic(node.input[0]) else 1
+        c = self.const(node, 1 - xi)
+        if c is None:
+            raise EdgeqError(f"node '{node.name}' ({op}): operand '{node.input[1 - xi]}' is neither constant nor computed")
+        x = self.name(node.input[xi])
+        cshape = np.asarray(c).shape
+        xshape = (1,) + self.tensors[x].shape
+        if len(cshape) > len(xshape) or (len(cshape) == len(xshape) and cshape[0] != 1):
+            raise EdgeqError(f"node '{node.name}' ({op}): constant of shape {cshape} broadcasts over the batch axis")
+        c = np.asarray(c, dtype=np.float32)
+        if len(cshape) == len(xshape):
+            c = c[0]
+        self.add(node, "FloatOp", [x], Float32(), attrs={"fn": fn, "const": c, "const_first": xi == 1},
+                 contract=Contract(rounding="float32, once per element", fused=False, engine="float32 numpy"))
+
+    def _mac_layer(self, node, op: str, x: str, w: np.ndarray, wfmt: NumFormat, bias_idx: int | None,
+                   k: int, attrs: dict[str, Any]) -> None:
+        xfmt = self.quantized_input(node, x)
+        gx, gw = grid_of(xfmt), grid_of(wfmt)
+        if gw is None:
+            raise EdgeqError(f"node '{node.name}' ({op}): weight format {wfmt} has no exact integer grid")
+        lsb_x, bx = gx
+        lsb_w, bw = gw
+        bound = float(k) * bx * bw
+        bias = bias_fmt = None
+        if bias_idx is not None and bias_idx < len(node.input) and node.input[bias_idx]:
+            t = node.input[bias_idx]
+            if t in self.qconst:
+                bias, bias_fmt = self.qconst[t]
+            else:
+                b = self.const(node, bias_idx)
+                if b is None:
+                    raise EdgeqError(f"node '{node.name}' ({op}): bias '{t}' must be constant")
+                bias, bias_fmt = np.asarray(b, dtype=np.float32).astype(np.float64), Float32()
+        exact_scales = lsb_x.size == 1 and is_power_of_two(lsb_x) and is_power_of_two(lsb_w)
+        if bias is not None:
+            bound += float(np.max(np.abs(bias)) / (np.min(lsb_w) * float(lsb_x.max()))) if exact_scales else 0
+        engine = "float32 BLAS" if bound < 2**24 else "float64 BLAS" if bound < 2**53 else (
+            "int64" if bound < 2**62 else "python int")
+        frac = -int(np.frexp(float(np.min(lsb_w)) * float(np.min(lsb_x)))[1] - 1)
+        out_fmt: NumFormat
+        bias_exact = bias is None or (exact_scales and _on_grid(bias, math.ldexp(1.0, -frac)))
+        if exact_scales and bias_exact:
+            width = _bits_for(bound)
+            out_fmt = FixedPoint(width, width - frac, True)
+            contract = Contract(accumulator=out_fmt, rounding="none: exact accumulation", order="any: exact",
+                                engine=engine)
+        else:
+            acc = FixedPoint(_bits_for(bound), _bits_for(bound), True)
+            out_fmt = Float32()
+            why = "non-power-of-two scales" if not exact_scales else "a float bias"
+            contract = Contract(accumulator=acc, rounding=f"once to float32 ({why}): y = f32(acc*s_x*s_w [+ b])",
+                                order="integer accumulation is exact", engine=engine)
+        attrs["macs"] = int(np.prod(self.shape(node.output[0]))) * k
+        self.add(node, op, [x], out_fmt, attrs=attrs, weight=w, weight_format=wfmt, bias=bias,
+                 bias_format=bias_fmt, contract=contract)
+
+    def lower_conv(self, node) -> None:
+        x = self.need_dynamic(node)
+        w, wfmt = self.weight(node, 1)
+        if w.ndim != 4:
+            raise EdgeqError(f"node '{node.name}' (Conv): only 2-D convolutions are supported (weight {w.shape})")
+        if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            raise EdgeqError(f"node '{node.name}' (Conv): auto_pad is unsupported; export explicit pads")
+        group = int(_attr(node, "group", 1))
+        attrs = {"strides": list(_attr(node, "strides", [1, 1])), "pads": list(_attr(node, "pads", [0, 0, 0, 0])),
+                 "dilations": list(_attr(node, "dilations", [1, 1])), "group": group}
+        k = int(np.prod(w.shape[1:]))
+        self._mac_layer(node, "Conv2d", x, w, wfmt, 2, k, attrs)
+
+    def lower_dense(self, node) -> None:
+        x = self.need_dynamic(node)
+        w, wfmt = self.weight(node, 1)
+        if len(self.tensors[x].shape) != 1:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): input must be 2-D (batch, features), "
+                             f"got per-sample shape {self.tensors[x].shape}")
+        bias_idx = None
+        if node.op_type == "Gemm":
+            if _attr(node, "transA", 0) or float(_attr(node, "alpha", 1.0)) != 1.0 or float(_attr(node, "beta", 1.0)) != 1.0:
+                raise EdgeqError(f"node '{node.name}' (Gemm): only transA=0, alpha=1, beta=1 are supported")
+            if _attr(node, "transB", 0):
+                w = w.T
+                wfmt = _transpose_format(wfmt)
+            bias_idx = 2
+        if w.ndim != 2:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): weight must be 2-D, got {w.shape}")
+        self._mac_layer(node, "Dense", x, np.ascontiguousarray(w), wfmt, bias_idx, int(w.shape[0]), {})
+
+
+def _on_grid(v: np.ndarray, lsb: float) -> bool:
+    q = np.asarray(v, dtype=np.float64) / lsb
+    return bool(np.all(q == np.round(q)) and np.all(np.abs(q) < 2**52))
+
+
+def _transpose_format(fmt: NumFormat) -> NumFormat:
+    """A per-output-channel weight format after transposing (N, K) weights to (K, N)."""
+    shape = getattr(fmt, "param_shape", ())
+    if len(shape) == 2:
+        from dataclasses import replace
+
+        return replace(fmt, param_shape=(shape[1], shape[0]))
+    return fmt
+
+
+def _layer_name(onnx_name: str) -> str:
+    """A C- and file-name-safe layer name derived from the ONNX node name."""
+    out = "".join(c if c.isalnum() else "_" for c in onnx_name).strip("_")
+    if not out or out[0].isdigit():
+        out = "n_" + out
+    return out
+
+
+def load(model: Any) -> Graph:
+    """Load a QONNX model (path, ``onnx.ModelProto`` or qonnx ``ModelWrapper``) into the edgeq IR."""
+    mw, path = _read(model)
+    where = path or "model"
+    mw = _cleanup(mw, where)
+    return _Lowering(mw, where).run()

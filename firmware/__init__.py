@@ -1,0 +1,1 @@
+"""Firmware sources for the MCU backend."""

@@ -1,0 +1,1 @@
+"""HLS C++ templates rendered by the FPGA backend."""
