@@ -15,7 +15,6 @@ float32 values).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,8 @@ def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = No
     x = np.asarray(x)
     inp = graph.input
     if x.dtype.kind not in "fiu":
-        raise EdgeqError(f"input has dtype {x.dtype}; expected a float array shaped (batch, {', '.join(map(str, inp.shape))})")
+        dims = ", ".join(map(str, inp.shape))
+        raise EdgeqError(f"input has dtype {x.dtype}; expected a float array shaped (batch, {dims})")
     if tuple(x.shape[1:]) != tuple(inp.shape):
         raise EdgeqError(
             f"input has shape {tuple(x.shape)}, but model input '{inp.name}' expects (batch, "
@@ -46,7 +46,8 @@ def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = No
         )
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         bad = np.argwhere(~np.isfinite(x))[0]
-        raise EdgeqError(f"input contains NaN or infinity (first at index {tuple(int(i) for i in bad)}); clean the data")
+        where = tuple(int(i) for i in bad)
+        raise EdgeqError(f"input contains NaN or infinity (first at index {where}); clean the data")
     env: dict[str, np.ndarray] = {inp.name: x.astype(_F32).astype(np.float64)}
     traced: dict[str, np.ndarray] = {}
     for i, layer in enumerate(graph.layers):
@@ -289,4 +290,4 @@ _OPS = {
     "Dense": _dense,
 }
 
-__all__ = ["emulate", "run_layer", "math"]
+__all__ = ["emulate", "run_layer"]

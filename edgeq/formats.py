@@ -149,8 +149,10 @@ def overflow(q: np.ndarray, width: int, signed: bool, mode: str, lo: int | None 
     if mode == "SAT_SYM":
         if not signed:
             return np.where(over, hi, np.where(under, lo, q))
-        # ap_fixed: symmetric saturation; the most negative code is never produced.
-        return np.where(over, hi, np.where(q <= lo, -hi, q))
+        # ap_fixed (overflow_adjust) writes the most negative code with its LSB set, on underflow
+        # and for the most negative code itself: -max for width > 1, still -1 for width 1 (so a
+        # 1-bit signed AP_SAT_SYM behaves as AP_SAT).
+        return np.where(over, hi, np.where(q <= lo, lo | 1, q))
     raise ValueError(mode)  # pragma: no cover
 
 
@@ -271,6 +273,9 @@ class FixedPoint(NumFormat):
             lim = math.ldexp(1.0, ib + 1)
             x = np.clip(x, -lim, lim)
         s = np.ldexp(x, self.frac_bits)
+        # A negative frac_bits can scale a tiny nonzero x to +-0; any |s| < 1/2 of the same sign
+        # rounds like the true value in every mode (floor of -tiny is -1, ceil of +tiny is 1).
+        s = np.where((s == 0) & (x != 0), np.copysign(0.25, x), s)
         q = round_float(s, self.rounding)
         q = overflow(q, self.width, self.signed, self.overflow)
         return q.astype(_int_dtype(self.width)) if self.width <= 62 else np.array(

@@ -181,7 +181,7 @@ def quantizer_format(mw, node) -> NumFormat:
                 int(eb),
                 int(mb),
                 bias=bias,
-                has_subnormal=bool(_attr(node, "has_subnormal", 0)) or True,  # QONNX always has subnormals
+                has_subnormal=True,  # QONNX's FloatQuant executes subnormals whatever the attribute says
                 has_inf=bool(_attr(node, "has_inf", 0)),
                 has_nan=bool(_attr(node, "has_nan", 0)),
                 saturating=bool(_attr(node, "saturation", 1)),
@@ -223,6 +223,18 @@ def grid_of(fmt: NumFormat) -> tuple[np.ndarray, int] | None:
         lsb = np.asarray(fmt.scale, dtype=np.float64) * step
         return _channel_view(lsb, fmt.param_shape), int(fmt.max / step)
     return None
+
+
+def exact_fixed(fmt: NumFormat) -> FixedPoint | None:
+    """The FixedPoint holding every value of ``fmt`` exactly (a per-tensor power-of-two grid), or None."""
+    if isinstance(fmt, FixedPoint):
+        return fmt
+    g = grid_of(fmt)
+    if g is None or g[0].size != 1 or not is_power_of_two(g[0]):
+        return None
+    frac = 1 - int(np.frexp(float(g[0]))[1])
+    width = _bits_for(g[1])
+    return FixedPoint(width, width - frac, True)
 
 
 def _channel_view(a: np.ndarray, param_shape: tuple[int, ...]) -> np.ndarray:
@@ -436,20 +448,22 @@ class _Lowering:
             if op != "Add":
                 raise EdgeqError(f"node '{node.name}' ({op}): {op} of two activations is unsupported; only Add")
             a, b = (self.name(t) for t in node.input)
-            fa, fb = self.tensors[a].format, self.tensors[b].format
+            fa, fb = exact_fixed(self.tensors[a].format), exact_fixed(self.tensors[b].format)
             out_fmt: NumFormat = Float32()
             contract = Contract(rounding="float32 add (one rounding)", engine="float32 numpy")
-            if isinstance(fa, FixedPoint) and isinstance(fb, FixedPoint):
+            if fa is not None and fb is not None:
                 frac = max(fa.frac_bits, fb.frac_bits)
                 ib = max(fa.int_bits, fb.int_bits) + 1
-                out_fmt = FixedPoint(ib + frac, ib, True)
-                contract = Contract(accumulator=out_fmt, rounding="none: exact", engine="float64 exact")
+                if ib + frac <= 53:
+                    out_fmt = FixedPoint(ib + frac, ib, True)
+                    contract = Contract(accumulator=out_fmt, rounding="none: exact", engine="float64 exact")
             self.add(node, "Add", [a, b], out_fmt, contract=contract)
             return
         xi = 0 if self.is_dynamic(node.input[0]) else 1
         c = self.const(node, 1 - xi)
         if c is None:
-            raise EdgeqError(f"node '{node.name}' ({op}): operand '{node.input[1 - xi]}' is neither constant nor computed")
+            other = node.input[1 - xi]
+            raise EdgeqError(f"node '{node.name}' ({op}): operand '{other}' is neither constant nor computed")
         x = self.name(node.input[xi])
         cshape = np.asarray(c).shape
         xshape = (1,) + self.tensors[x].shape
@@ -469,6 +483,9 @@ class _Lowering:
             raise EdgeqError(f"node '{node.name}' ({op}): weight format {wfmt} has no exact integer grid")
         lsb_x, bx = gx
         lsb_w, bw = gw
+        if lsb_x.size != 1:
+            raise EdgeqError(f"node '{node.name}' ({op}): input '{x}' has per-channel scales ({xfmt}); "
+                             "quantize activations feeding Conv/MatMul per tensor")
         bound = float(k) * bx * bw
         bias = bias_fmt = None
         if bias_idx is not None and bias_idx < len(node.input) and node.input[bias_idx]:
@@ -524,7 +541,8 @@ class _Lowering:
                              f"got per-sample shape {self.tensors[x].shape}")
         bias_idx = None
         if node.op_type == "Gemm":
-            if _attr(node, "transA", 0) or float(_attr(node, "alpha", 1.0)) != 1.0 or float(_attr(node, "beta", 1.0)) != 1.0:
+            alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
+            if _attr(node, "transA", 0) or alpha != 1.0 or beta != 1.0:
                 raise EdgeqError(f"node '{node.name}' (Gemm): only transA=0, alpha=1, beta=1 are supported")
             if _attr(node, "transB", 0):
                 w = w.T

@@ -1,0 +1,213 @@
+"""The ``edgeq`` command line.
+
+Errors in the user's input print one line and exit with code 2 (``--debug`` shows the traceback).
+Long steps show a rich progress bar on a terminal; ``--quiet`` or a non-terminal keeps them silent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import numpy as np
+
+from edgeq import __version__
+from edgeq.errors import EdgeqError
+
+
+class _Ctx:
+    def __init__(self, debug: bool, quiet: bool):
+        self.debug = debug
+        self.quiet = quiet or not sys.stderr.isatty()
+
+
+@contextmanager
+def _progress(ctx: _Ctx, what: str, total: int):
+    """Yields a callable ``update(done, total)``; a rich bar on a terminal, nothing otherwise."""
+    if ctx.quiet:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _load_npy(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise EdgeqError(f"{p}: no such file; pass a .npy array (batch first)")
+    try:
+        return np.load(p, allow_pickle=False)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EdgeqError(f"{p}: not a readable .npy array ({reason}); save it with numpy.save") from None
+
+
+def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=p.parent)
+    os.close(fd)
+    try:
+        np.save(tmp, arr)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_dir_atomic(dest: str, files: dict[str, np.ndarray]) -> None:
+    """Write ``files`` into a fresh directory next to ``dest``, then rename it into place."""
+    d = Path(dest)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
+    try:
+        for name, arr in files.items():
+            np.save(tmp / f"{name}.npy", arr)
+        if d.exists():
+            shutil.rmtree(d)
+        os.replace(tmp, d)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgeq")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """edgeq: quantized networks from Brevitas/QONNX to edge hardware, proved bit for bit."""
+    ctx.obj = _Ctx(debug, quiet)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def boards(as_json: bool) -> None:
+    """List the boards edgeq can target (boards/*.toml)."""
+    from edgeq.board import list_boards
+
+    bs = list_boards()
+    if as_json:
+        click.echo(json.dumps([{"name": b.name, **b.data} for b in bs], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="edgeq boards")
+    for col in ("name", "kind", "target", "resources / budget", "description"):
+        t.add_column(col)
+    for b in bs:
+        if b.kind == "fpga":
+            r = b["resources"]
+            target = f"{b['part']} @ {b['clock_mhz']:g} MHz"
+            res = f"DSP {r['dsp']}, LUT {r['lut']}, FF {r['ff']}, BRAM36 {r['bram36']}"
+        else:
+            target = f"{b['isa']} ({b['runner']})"
+            res = f"RAM {b['ram_kib']} KiB, flash {b['flash_kib']} KiB"
+        t.add_row(b.name, b.kind, target, res, b.description)
+    Console().print(t)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(model: str, as_json: bool) -> None:
+    """Per-layer table: op, source node, shapes, formats, MACs and weight bits."""
+    from edgeq.ingest import load
+
+    g = load(model)
+    rows = g.summary()
+    if as_json:
+        doc = {
+            "model": str(model),
+            "input": {"name": g.input.name, "shape": list(g.input.shape), "format": str(g.input.format)},
+            "output": {"name": g.output.name, "shape": list(g.output.shape), "format": str(g.output.format)},
+            "total_macs": sum(r["macs"] for r in rows),
+            "total_weight_bits": sum(r["weight_bits"] for r in rows),
+            "layers": rows,
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{model}: input {g.input.name} {list(g.input.shape)}")
+    for col in ("layer", "op", "source", "in shape", "out shape", "input fmt", "weight fmt", "output fmt",
+                "MACs", "weight bits"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["layer"], r["op"], r["source"], " ".join(map(str, r["input_shape"])), str(r["output_shape"]),
+                  ", ".join(r["input_format"]), r["weight_format"] or "", r["output_format"],
+                  f"{r['macs']:,}" if r["macs"] else "", f"{r['weight_bits']:,}" if r["weight_bits"] else "")
+    Console(width=max(160, shutil.get_terminal_size().columns)).print(t)
+    click.echo(f"total MACs {sum(r['macs'] for r in rows):,}, weight bits {sum(r['weight_bits'] for r in rows):,}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--input", "-i", "input_path", required=True, help="Float .npy shaped like the model input, batch first.")
+@click.option("--output", "-o", "output_path", required=True, help="Where to write the decoded float outputs (.npy).")
+@click.option("--trace", "trace_dir", default=None, help="Directory for one .npy per layer, named after the layer.")
+@click.pass_obj
+def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir: str | None) -> None:
+    """Run MODEL bit-exactly on the inputs in --input."""
+    from edgeq.emulate import emulate as run
+    from edgeq.ingest import load
+
+    g = load(model)
+    x = _load_npy(input_path)
+    with _progress(ctx, f"emulating {len(x)} inputs", len(g.layers)) as update:
+        res = run(g, x, trace=trace_dir is not None, progress=update)
+    y, traced = res if trace_dir is not None else (res, None)
+    if traced is not None:
+        _write_dir_atomic(trace_dir, traced)
+    _save_npy_atomic(output_path, y)
+    if not ctx.quiet:
+        click.echo(f"wrote {output_path} {tuple(y.shape)}" + (f" and {len(traced)} layer traces in {trace_dir}"
+                                                              if traced is not None else ""), err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one line and exit code 2 for bad input."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="edgeq", standalone_mode=False)
+    except EdgeqError as e:
+        if debug:
+            raise
+        click.echo(f"edgeq: error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("edgeq: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"edgeq: error: {e.format_message()} (see `edgeq --help`)", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            raise
+        click.echo(f"edgeq: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,110 @@
+"""Real model definitions with seeded random weights, for tests, benchmarks and the demo.
+
+* :func:`bnn_pynq` -- FINN's TFC/SFC/LFC/CNV networks shipped in ``brevitas_examples.bnn_pynq``,
+  with seeded weights and non-trivial BatchNorm statistics (no download).
+* :func:`fixed_point_cnn` -- a small Brevitas CNN with power-of-two (fixed-point) quantizers,
+  BatchNorm, ReLU, a residual add, max/avg pooling and a quantized bias.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BNN_PYNQ = ("tfc_1w1a", "tfc_1w2a", "tfc_2w2a", "sfc_1w1a", "sfc_1w2a", "sfc_2w2a", "lfc_1w1a", "lfc_1w2a",
+            "cnv_1w1a", "cnv_1w2a", "cnv_2w2a")
+
+
+def _randomize_batchnorm(model: Any, gen: Any) -> None:
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            with torch.no_grad():
+                m.running_mean.copy_(torch.rand(n, generator=gen) * 4 - 2)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 2 + 0.25)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
+
+
+def bnn_pynq(name: str, seed: int = 0):
+    """(model, input_shape) for one of :data:`BNN_PYNQ`, in eval mode with seeded weights."""
+    import torch
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+
+    if name not in BNN_PYNQ:
+        raise ValueError(f"unknown bnn_pynq model {name!r}; choose from {', '.join(BNN_PYNQ)}")
+    torch.manual_seed(seed)
+    model, _ = model_with_cfg(name, pretrained=False)
+    gen = torch.Generator().manual_seed(seed + 1)
+    _randomize_batchnorm(model, gen)
+    # TensorNorm (the float tail) keeps its statistics in buffers too.
+    for m in model.modules():
+        if type(m).__name__ == "TensorNorm":
+            with torch.no_grad():
+                m.running_mean.fill_(0.25)
+                m.running_var.fill_(1.5)
+                m.weight.fill_(0.8)
+                m.bias.fill_(0.1)
+    model.eval()
+    shape = (1, 1, 28, 28) if "fc" in name else (1, 3, 32, 32)
+    return model, shape
+
+
+def fixed_point_cnn(seed: int = 0, bit_width: int = 8, scales: str = "power_of_two"):
+    """(model, input_shape): a small quantized CNN for 1x8x8 inputs (e.g. scikit-learn digits).
+
+    ``scales="power_of_two"`` uses Brevitas' fixed-point quantizers; ``scales="float"`` uses
+    integer quantizers with learned float32 scales (exact equality with QONNX is then impossible:
+    QONNX accumulates the rescaled values in float32).
+    """
+    import torch
+    from brevitas import nn as qnn
+    from brevitas.quant import fixed_point, scaled_int
+    from brevitas.quant.scaled_int import Int32Bias
+
+    if scales == "power_of_two":
+        Int8ActPerTensorFixedPoint = fixed_point.Int8ActPerTensorFixedPoint
+        Int8WeightPerTensorFixedPoint = fixed_point.Int8WeightPerTensorFixedPoint
+        Uint8ActPerTensorFixedPoint = fixed_point.Uint8ActPerTensorFixedPoint
+    elif scales == "float":
+        Int8ActPerTensorFixedPoint = scaled_int.Int8ActPerTensorFloat
+        Int8WeightPerTensorFixedPoint = scaled_int.Int8WeightPerTensorFloat
+        Uint8ActPerTensorFixedPoint = scaled_int.Uint8ActPerTensorFloat
+    else:
+        raise ValueError(f"scales must be 'power_of_two' or 'float', got {scales!r}")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            kw = {"weight_quant": Int8WeightPerTensorFixedPoint, "weight_bit_width": bit_width}
+            self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=bit_width,
+                                         return_quant_tensor=True)
+            self.conv1 = qnn.QuantConv2d(1, 8, 3, padding=1, bias=False, **kw)
+            self.bn1 = torch.nn.BatchNorm2d(8)
+            self.relu1 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=bit_width,
+                                       return_quant_tensor=True)
+            self.conv2 = qnn.QuantConv2d(8, 8, 3, padding=1, bias=False, **kw)
+            self.bn2 = torch.nn.BatchNorm2d(8)
+            self.relu2 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=bit_width,
+                                       return_quant_tensor=True)
+            self.pool = torch.nn.MaxPool2d(2)
+            self.avg = torch.nn.AvgPool2d(2)
+            self.q_avg = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=bit_width,
+                                           return_quant_tensor=True)
+            self.fc = qnn.QuantLinear(8 * 2 * 2, 10, bias=True, bias_quant=Int32Bias, **kw)
+
+        def forward(self, x):
+            x = self.inp(x)
+            y = self.relu1(self.bn1(self.conv1(x)))
+            z = self.relu2(self.bn2(self.conv2(y)))
+            x = self.pool(y + z)  # residual add of two fixed-point tensors
+            x = self.q_avg(self.avg(x))
+            return self.fc(torch.flatten(x, 1))
+
+    torch.manual_seed(seed)
+    model = Net()
+    _randomize_batchnorm(model, torch.Generator().manual_seed(seed + 1))
+    model.eval()
+    return model, (1, 1, 8, 8)

@@ -1,0 +1,68 @@
+"""Shared fixtures: real Brevitas models exported once per test session."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def exported(export_dir):
+    """exported(kind, *args) -> (path to the raw Brevitas QONNX export, brevitas module, input shape)."""
+    import edgeq
+    from edgeq import zoo
+
+    cache: dict = {}
+
+    def get(kind: str, *args):
+        key = (kind,) + args
+        if key not in cache:
+            model, shape = zoo.bnn_pynq(*args) if kind == "bnn_pynq" else zoo.fixed_point_cnn(*args)
+            path = export_dir / ("_".join(map(str, key)) + ".onnx")
+            import torch
+
+            edgeq.export(model, torch.zeros(shape), path)
+            cache[key] = (path, model, shape)
+        return cache[key]
+
+    return get
+
+
+def qonnx_reference(path, x: np.ndarray, full_context: bool = False):
+    """Run QONNX's own reference executor sample by sample on the raw export (qonnx cleanup only)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.cleanup import cleanup_model
+
+    mw = ModelWrapper(str(path))
+    if not full_context:
+        mw = cleanup_model(mw)
+    else:  # keep the exporter's tensor names so they match edgeq's layer outputs
+        from qonnx.transformation.infer_shapes import InferShapes
+
+        for n in mw.graph.node:
+            if n.op_type in ("Quant", "BipolarQuant", "FloatQuant", "Trunc"):
+                n.domain = "qonnx.custom_op.general"
+        mw = mw.transform(InferShapes())
+    iname, oname = mw.graph.input[0].name, mw.graph.output[0].name
+    outs, ctxs = [], []
+    for i in range(len(x)):
+        ctx = execute_onnx(mw, {iname: x[i : i + 1]}, return_full_exec_context=full_context)
+        outs.append(ctx[oname])
+        ctxs.append(ctx)
+    out = np.concatenate(outs).astype(np.float64)
+    if not full_context:
+        return out
+    keys = set().union(*[c.keys() for c in ctxs])
+    return out, {k: np.concatenate([c[k] for c in ctxs]) for k in keys if np.ndim(ctxs[0][k]) > 0}
