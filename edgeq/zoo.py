@@ -83,12 +83,10 @@ def fixed_point_cnn(seed: int = 0, bit_width: int = 8, scales: str = "power_of_t
                                          return_quant_tensor=True)
             self.conv1 = qnn.QuantConv2d(1, 8, 3, padding=1, bias=False, **kw)
             self.bn1 = torch.nn.BatchNorm2d(8)
-            self.relu1 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=bit_width,
-                                       return_quant_tensor=True)
+            self.relu1 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=bit_width)
             self.conv2 = qnn.QuantConv2d(8, 8, 3, padding=1, bias=False, **kw)
             self.bn2 = torch.nn.BatchNorm2d(8)
-            self.relu2 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=bit_width,
-                                       return_quant_tensor=True)
+            self.relu2 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=bit_width)
             self.pool = torch.nn.MaxPool2d(2)
             self.avg = torch.nn.AvgPool2d(2)
             self.q_avg = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=bit_width,
@@ -99,7 +97,7 @@ def fixed_point_cnn(seed: int = 0, bit_width: int = 8, scales: str = "power_of_t
             x = self.inp(x)
             y = self.relu1(self.bn1(self.conv1(x)))
             z = self.relu2(self.bn2(self.conv2(y)))
-            x = self.pool(y + z)  # residual add of two fixed-point tensors
+            x = self.pool(y + z)  # residual add of two quantized tensors (scales may differ)
             x = self.q_avg(self.avg(x))
             return self.fc(torch.flatten(x, 1))
 
