@@ -9,8 +9,9 @@ Every layer runs its declared :class:`~edgeq.ir.Contract`:
 * float glue (BatchNorm, element-wise constants, AvgPool's division) runs in float32 in
   onnxruntime's order, so it matches QONNX's ``execute_onnx`` bit for bit.
 
-Tensor values travel as float64 arrays holding exact values (float32-format tensors hold
-float32 values).
+Tensor values travel as exact float arrays: float32 whenever the tensor's format is exactly
+representable in float32 (float glue, and grids of at most 24 significant bits), float64 for wide
+accumulators. Outputs and traces are returned as float64.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from edgeq.errors import EdgeqError
 from edgeq.formats import FixedPoint, Float32, Int
-from edgeq.ingest import grid_of
+from edgeq.ingest import grid_of, is_power_of_two
 from edgeq.ir import Graph, Layer
 
 _F32 = np.float32
@@ -48,16 +49,25 @@ def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = No
         bad = np.argwhere(~np.isfinite(x))[0]
         where = tuple(int(i) for i in bad)
         raise EdgeqError(f"input contains NaN or infinity (first at index {where}); clean the data")
-    env: dict[str, np.ndarray] = {inp.name: x.astype(_F32).astype(np.float64)}
+    env: dict[str, np.ndarray] = {inp.name: x.astype(_F32)}
     traced: dict[str, np.ndarray] = {}
     for i, layer in enumerate(graph.layers):
-        env[layer.output] = run_layer(graph, layer, [env[t] for t in layer.inputs])
+        y = run_layer(graph, layer, [env[t] for t in layer.inputs])
+        env[layer.output] = y.astype(storage_dtype(graph.tensors[layer.output].format), copy=False)
         if trace:
-            traced[layer.name] = env[layer.output]
+            traced[layer.name] = env[layer.output].astype(np.float64)
         if progress is not None:
             progress(i + 1, len(graph.layers))
-    out = env[graph.outputs[0]]
+    out = env[graph.outputs[0]].astype(np.float64)
     return (out, traced) if trace else out
+
+
+def storage_dtype(fmt) -> type:
+    """float32 when every value of ``fmt`` is exactly a float32, else float64."""
+    if isinstance(fmt, FixedPoint):
+        fits = fmt.width <= 24 and -100 < fmt.frac_bits < 100
+        return _F32 if fits else np.float64
+    return _F32  # float glue, Int/Binary/MiniFloat values are float32 results (QONNX semantics)
 
 
 def run_layer(graph: Graph, layer: Layer, xs: list[np.ndarray]) -> np.ndarray:
@@ -79,9 +89,9 @@ def _quantize(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     fixed = fmt.as_fixed() if isinstance(fmt, Int) else fmt if isinstance(fmt, FixedPoint) else None
     if isinstance(src, FixedPoint) and fixed is not None and src.width > 24:
         # A wide exact accumulator: cast it exactly, as the hardware does.
-        codes = np.rint(np.ldexp(x, src.frac_bits)).astype(np.int64)
+        codes = np.rint(np.ldexp(x.astype(np.float64), src.frac_bits)).astype(np.int64)
         return fixed.decode(fixed.cast_codes(codes, src.frac_bits))
-    return fmt.quantize(x.astype(_F32))
+    return fmt.quantize(x.astype(_F32, copy=False), dtype=_F32)
 
 
 def _batchnorm(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
@@ -90,7 +100,7 @@ def _batchnorm(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     s = inv * a["gamma"]
     b = a["beta"] - a["mean"] * s
     view = (1, -1) + (1,) * (x.ndim - 2)
-    return (x.astype(_F32) * s.reshape(view) + b.reshape(view)).astype(np.float64)
+    return x.astype(_F32, copy=False) * s.reshape(view) + b.reshape(view)
 
 
 _FLOAT_FNS = {
@@ -102,10 +112,10 @@ _FLOAT_FNS = {
 def _floatop(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     a = layer.attrs
     f = _FLOAT_FNS[a["fn"]]
-    x32 = x.astype(_F32)
+    x32 = x.astype(_F32, copy=False)
     c = a["const"]
     y = f(c, x32) if a["const_first"] else f(x32, c)
-    return y.astype(_F32).astype(np.float64)
+    return y.astype(_F32, copy=False)
 
 
 def _relu(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
@@ -119,8 +129,8 @@ def _clip(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
 
 def _add(graph: Graph, layer: Layer, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if isinstance(graph.tensors[layer.output].format, Float32):
-        return (a.astype(_F32) + b.astype(_F32)).astype(np.float64)
-    return a + b  # exact: both on fixed-point grids that fit float64
+        return a.astype(_F32, copy=False) + b.astype(_F32, copy=False)
+    return a.astype(np.float64) + b.astype(np.float64)  # exact: both on fixed-point grids that fit float64
 
 
 def _reshape(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
@@ -162,22 +172,22 @@ def _pool_windows(x: np.ndarray, attrs: dict[str, Any], fill: float):
 
 def _maxpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     a = layer.attrs
-    (kh, kw), (sh, sw) = a["kernel"], a["strides"]
-    n, c, h, w = x.shape
-    if (kh, kw) == (sh, sw) and not any(a["pads"]) and h % kh == 0 and w % kw == 0:
-        # Non-overlapping windows tiling the input exactly: a reshape, no window copies.
-        return x.reshape(n, c, h // kh, kh, w // kw, kw).max(axis=(3, 5))
     win, _ = _pool_windows(x, a, -np.inf)
-    return win.max(axis=(4, 5))
+    # Element-wise maximum over the kernel offsets: strided views, no window copies.
+    out = None
+    for i in range(win.shape[4]):
+        for j in range(win.shape[5]):
+            out = win[..., i, j].copy() if out is None else np.maximum(out, win[..., i, j], out=out)
+    return out
 
 
 def _avgpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     a = layer.attrs
     if a.get("global"):
-        s = x.sum(axis=(2, 3), keepdims=True)
+        s = x.astype(np.float64).sum(axis=(2, 3), keepdims=True)
         count = np.float64(x.shape[2] * x.shape[3])
-        return (s.astype(_F32) / _F32(count)).astype(np.float64)
-    win, (pt, pl, pb, pr, eb, er) = _pool_windows(x, a, 0.0)
+        return s.astype(_F32) / _F32(count)
+    win, (pt, pl, pb, pr, eb, er) = _pool_windows(x.astype(np.float64), a, 0.0)
     s = win.sum(axis=(4, 5))
     if a["count_include_pad"]:
         ones = np.zeros((1, 1) + x.shape[2:])
@@ -191,7 +201,7 @@ def _avgpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     oh, ow = s.shape[2], s.shape[3]
     cnt = sliding_window_view(ones, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
     count = cnt.sum(axis=(4, 5))
-    return (s.astype(_F32) / count.astype(_F32)).astype(np.float64)
+    return s.astype(_F32) / count.astype(_F32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,8 +213,10 @@ _CHUNK_ELEMS = 1 << 24  # bound the im2col buffer (elements) per batch chunk
 
 
 def _codes(values: np.ndarray, lsb: np.ndarray, dtype) -> np.ndarray:
-    """Exact integer codes of grid values (float64), in the engine's dtype."""
-    c = np.rint(values / lsb)
+    """Exact integer codes of grid values, in the engine's dtype."""
+    if dtype is _F32 and is_power_of_two(lsb) and np.all((lsb > 2.0**-100) & (lsb < 2.0**100)):
+        return values.astype(_F32, copy=False) * (1.0 / lsb).astype(_F32)  # exact: power-of-two scaling
+    c = np.rint(values.astype(np.float64) / lsb)
     if dtype is object:
         return np.vectorize(int, otypes=[object])(c)
     return c.astype(dtype)
@@ -222,6 +234,8 @@ def _mac_output(graph: Graph, layer: Layer, acc: np.ndarray, out_lsb: np.ndarray
         acc = acc + bias_codes
     if acc.dtype == object:
         acc = acc.astype(np.float64)  # values below 2**53 were proven by the bound
+    if acc.dtype == _F32 and storage_dtype(fmt) is _F32 and is_power_of_two(out_lsb):
+        return acc * out_lsb.astype(_F32)  # exact: integer codes times a power of two, within 24 bits
     return acc.astype(np.float64) * out_lsb
 
 

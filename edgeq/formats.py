@@ -110,8 +110,13 @@ def round_float(v: np.ndarray, mode: str) -> np.ndarray:
     if mode in _IEEE_ROUNDING:  # the same rules, as IEEE-exact numpy primitives (faster)
         return _IEEE_ROUNDING[mode](v)
     fl = np.floor(v)
-    d = v - fl  # exact: the fractional part of a float is representable
-    return _round_parts(fl, d > 0.5, d == 0.5, d != 0, v < 0, mode).astype(v.dtype, copy=False)
+    inexact = v != fl
+    # Compare v with the midpoint rather than forming v - fl: for v in (-1/2, 0) the fraction 1 - |v|
+    # may not be representable (v = -(1/2 - 2**-54) gives v - fl == 0.5, a false tie), while
+    # fl + 1/2 is exact whenever v is not an integer.
+    half = fl + 0.5
+    above, tie = inexact & (v > half), inexact & (v == half)
+    return _round_parts(fl, above, tie, inexact, v < 0, mode).astype(v.dtype, copy=False)
 
 
 def round_shift(m: np.ndarray, shift: int, mode: str) -> np.ndarray:
@@ -178,7 +183,8 @@ class NumFormat:
     #: number of bits of one stored value
     bits: int
 
-    def quantize(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def quantize(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:  # pragma: no cover - abstract
+        """Values of ``x`` on this format's grid, returned as ``dtype`` (float64 unless asked)."""
         raise NotImplementedError
 
     def to_bits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -288,9 +294,9 @@ class FixedPoint(NumFormat):
             [int(v) for v in q.ravel()], dtype=object
         ).reshape(q.shape)
 
-    def quantize(self, x: np.ndarray) -> np.ndarray:
-        """Values of ``x`` on this format's grid (float64), exactly as ``ap_fixed`` assigns them."""
-        return self.decode(self.quantize_codes(x))
+    def quantize(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """Values of ``x`` on this format's grid, exactly as ``ap_fixed`` assigns them."""
+        return self.decode(self.quantize_codes(x)).astype(dtype, copy=False)
 
     def cast_codes(self, m: np.ndarray, frac_bits: int) -> np.ndarray:
         """Exact cast of fixed-point values ``m * 2**-frac_bits`` (integer ``m``) into this format.
@@ -466,10 +472,11 @@ class Int(NumFormat):
         codes = np.asarray(codes, dtype=dtype)
         return (codes - self.zero_point_array(codes.ndim, dtype)) * self.scale_array(codes.ndim, dtype)
 
-    def quantize(self, x: np.ndarray) -> np.ndarray:
+    def quantize(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """QONNX Quant of ``x`` (computed in x's float dtype), returned as ``dtype`` values."""
         x = np.asarray(x)
-        dtype = x.dtype if x.dtype.kind == "f" else np.float32
-        return self.dequantize(self.quantize_codes(x), dtype).astype(np.float64)
+        work = x.dtype if x.dtype.kind == "f" else np.float32
+        return self.dequantize(self.quantize_codes(x), work).astype(dtype, copy=False)
 
     def to_bits(self, x: np.ndarray) -> np.ndarray:
         codes = self.quantize_codes(x).astype(np.int64)
@@ -645,15 +652,15 @@ class MiniFloat(NumFormat):
             q = np.where(over | under | np.isinf(v), np.nan, q)
         return q.astype(v.dtype)
 
-    def quantize(self, x: np.ndarray) -> np.ndarray:
+    def quantize(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
         """FloatQuant semantics; arithmetic in x's dtype (float32 reproduces QONNX exactly)."""
         x = np.asarray(x)
         if x.dtype.kind != "f":
             x = x.astype(np.float64)
         if self.scale == (1.0,):
-            return self.quantize_unscaled(x).astype(np.float64)
+            return self.quantize_unscaled(x).astype(dtype, copy=False)
         s = self.scale_array(x.ndim, x.dtype)
-        return (self.quantize_unscaled(x / s) * s).astype(np.float64)
+        return (self.quantize_unscaled(x / s) * s).astype(dtype, copy=False)
 
     # -- bits ---------------------------------------------------------------------------------
     def to_bits(self, x: np.ndarray) -> np.ndarray:
@@ -771,11 +778,11 @@ class Binary(NumFormat):
     def scale_array(self, ndim: int, dtype=np.float32) -> np.ndarray:
         return _param_array(self.scale, self.param_shape, 1, ndim, dtype)
 
-    def quantize(self, x: np.ndarray) -> np.ndarray:
+    def quantize(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
         x = np.asarray(x)
-        dtype = x.dtype if x.dtype.kind == "f" else np.float32
-        signs = np.where(x >= 0, 1.0, -1.0).astype(dtype)
-        return (signs * self.scale_array(x.ndim, dtype)).astype(np.float64)
+        work = x.dtype if x.dtype.kind == "f" else np.float32
+        signs = np.where(x >= 0, 1.0, -1.0).astype(work)
+        return (signs * self.scale_array(x.ndim, work)).astype(dtype, copy=False)
 
     def to_bits(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x) >= 0).astype(np.uint64)
@@ -809,8 +816,8 @@ class Float32(NumFormat):
     def eps(self) -> float:
         return float(np.finfo(np.float32).smallest_subnormal)
 
-    def quantize(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x).astype(np.float32).astype(np.float64)
+    def quantize(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
+        return np.asarray(x).astype(np.float32).astype(dtype, copy=False)
 
     def to_bits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
