@@ -22,7 +22,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edgeq.errors import EdgeqError
-from edgeq.formats import FixedPoint, Float32, Int
+from edgeq.formats import FixedPoint, Float32, Int, round_float
 from edgeq.ingest import grid_of, is_power_of_two
 from edgeq.ir import Graph, Layer
 
@@ -92,6 +92,17 @@ def _quantize(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
         codes = np.rint(np.ldexp(x.astype(np.float64), src.frac_bits)).astype(np.int64)
         return fixed.decode(fixed.cast_codes(codes, src.frac_bits))
     return fmt.quantize(x.astype(_F32, copy=False), dtype=_F32)
+
+
+def _trunc(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    """QONNX Trunc in its own float32 order: y = round(x/scale); then the step's rounding on y/2^k."""
+    a = layer.attrs
+    y = np.rint(x.astype(_F32, copy=False) / a["scale"])
+    if a["version"] == 2:  # clip to the output range, then round, as Int (QONNX Quant) does
+        codes = a["step"].quantize_codes(y)
+    else:  # v1 does not clip
+        codes = round_float(y / a["trunc_scale"], a["step"].rounding)
+    return codes * a["out_scale"]
 
 
 def _batchnorm(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
@@ -332,6 +343,7 @@ def _ort_conv(layer: Layer, wc: np.ndarray, xc: np.ndarray) -> np.ndarray:
 
 _OPS = {
     "Quantize": _quantize,
+    "Trunc": _trunc,
     "BatchNorm": _batchnorm,
     "FloatOp": _floatop,
     "Relu": _relu,

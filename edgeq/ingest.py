@@ -24,7 +24,7 @@ PRESERVED_OPS = ["Quant", "BipolarQuant", "FloatQuant", "Trunc", "QuantizeLinear
 QONNX_DOMAIN = "qonnx.custom_op.general"
 
 SUPPORTED_OPS = (
-    "Quant, BipolarQuant, FloatQuant, Conv, MatMul, Gemm, BatchNormalization, Relu, Clip, Add, Sub, Mul, "
+    "Quant, BipolarQuant, FloatQuant, Trunc, Conv, MatMul, Gemm, BatchNormalization, Relu, Clip, Add, Sub, Mul, "
     "Div, Pow, Max, Min, MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten, Transpose, Identity, Dropout"
 )
 _FLOAT_FNS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max", "Min": "min"}
@@ -370,11 +370,17 @@ class _Lowering:
                      contract=Contract(rounding=f"once: {getattr(fmt, 'rounding', 'sign')}",
                                        order="elementwise", engine="format.quantize (float32, as QONNX)"))
             return
+        if not dyn and node.input[0] in self.qconst and op in ("Transpose", "Identity"):
+            self.move_qconst(node)
+            return
         if not dyn:
             raise EdgeqError(
                 f"node '{node.name}' ({op}): all inputs are constant but qonnx did not fold it; "
                 "run the model through qonnx cleanup or remove the node"
             )
+        if op == "Trunc":
+            self.lower_trunc(node)
+            return
         if op in ("Identity", "Dropout"):
             self.alias[node.output[0]] = self.name(node.input[0])
             return
@@ -427,6 +433,51 @@ class _Lowering:
             self.add(node, "Transpose", [x], self.tensors[x].format, attrs={"perm": [p - 1 for p in perm[1:]]})
         else:
             raise EdgeqError(f"node '{node.name}' ({op}): no lowering for op type {op}; supported: {SUPPORTED_OPS}")
+
+    def move_qconst(self, node) -> None:
+        """Data movement on a quantized constant (e.g. FloatQuant -> Transpose -> MatMul weights)."""
+        v, fmt = self.qconst[node.input[0]]
+        if node.op_type == "Transpose":
+            perm = list(_attr(node, "perm", range(v.ndim)[::-1]))
+            v = np.transpose(v, perm)
+            shape = getattr(fmt, "param_shape", ())
+            if len(shape) == len(perm):
+                from dataclasses import replace
+
+                fmt = replace(fmt, param_shape=tuple(shape[p] for p in perm))
+        self.qconst[node.output[0]] = (v, fmt)
+
+    def lower_trunc(self, node) -> None:
+        """QONNX Trunc (v1: 5 inputs, v2: 6 inputs with an output scale), e.g. after AveragePool."""
+        x = self.need_dynamic(node)
+        consts = [self.const(node, i) for i in range(1, len(node.input))]
+        if any(c is None for c in consts) or len(consts) not in (4, 5):
+            raise EdgeqError(f"node '{node.name}' (Trunc): expected 5 or 6 constant inputs (scale, zero point, "
+                             "bit widths[, output scale])")
+        scale, zp = consts[0].astype(np.float32), consts[1].astype(np.float32)
+        if np.any(zp != 0):
+            raise EdgeqError(f"node '{node.name}' (Trunc): a non-zero zero point is unsupported")
+        mode = _attr(node, "rounding_mode", "FLOOR")
+        signed, narrow = bool(_attr(node, "signed", 1)), bool(_attr(node, "narrow", 0))
+        if len(consts) == 5:  # v2: X, scale, zeropt, in_bits, out_scale, out_bits
+            out_scale, out_bits = consts[3].astype(np.float32), int(consts[4])
+            trunc_scale = (2 ** np.round(np.log2(out_scale / scale))).astype(np.float32)
+            version = 2
+        else:  # v1: X, scale, zeropt, in_bits, out_bits; no clipping, keeps the input scale
+            in_bits, out_bits = float(consts[2]), int(consts[3])
+            trunc_scale = np.float32(2.0 ** (in_bits - out_bits))
+            out_scale, version = scale, 1
+        try:
+            fmt = Int(out_bits, signed=signed, narrow=narrow, scale=out_scale.ravel(), rounding=mode,
+                      param_shape=_param_shape(out_scale))
+            step = Int(out_bits, signed=signed, narrow=narrow, scale=np.ravel(trunc_scale), rounding=mode)
+        except ValueError as e:
+            raise EdgeqError(f"node '{node.name}' (Trunc): {e}") from None
+        self.add(node, "Trunc", [x], fmt,
+                 attrs={"version": version, "scale": scale, "trunc_scale": np.float32(np.ravel(trunc_scale)[0]),
+                        "out_scale": out_scale, "step": step},
+                 contract=Contract(rounding=f"round(x/scale) half-even, then {fmt.rounding} on /2^k",
+                                   order="elementwise", engine="float32 numpy (QONNX order)"))
 
     def pool_attrs(self, node) -> dict[str, Any]:
         k = list(_attr(node, "kernel_shape", []))

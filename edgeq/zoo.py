@@ -3,7 +3,8 @@
 * :func:`bnn_pynq` -- FINN's TFC/SFC/LFC/CNV networks shipped in ``brevitas_examples.bnn_pynq``,
   with seeded weights and non-trivial BatchNorm statistics (no download).
 * :func:`fixed_point_cnn` -- a small Brevitas CNN with power-of-two (fixed-point) quantizers,
-  BatchNorm, ReLU, a residual add, max/avg pooling and a quantized bias.
+  BatchNorm, ReLU, a residual add, max pooling, a truncating average pool (AveragePool + Trunc)
+  and a quantized bias.
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ def fixed_point_cnn(seed: int = 0, bit_width: int = 8, scales: str = "power_of_t
             self.bn2 = torch.nn.BatchNorm2d(8)
             self.relu2 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, bit_width=bit_width)
             self.pool = torch.nn.MaxPool2d(2)
-            self.avg = torch.nn.AvgPool2d(2)
-            self.q_avg = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=bit_width,
-                                           return_quant_tensor=True)
+            self.q_pool = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, bit_width=bit_width,
+                                            return_quant_tensor=True)
+            self.avg = qnn.TruncAvgPool2d(2, return_quant_tensor=True)  # AveragePool + QONNX Trunc
             self.fc = qnn.QuantLinear(8 * 2 * 2, 10, bias=True, bias_quant=Int32Bias, **kw)
 
         def forward(self, x):
@@ -98,7 +99,7 @@ def fixed_point_cnn(seed: int = 0, bit_width: int = 8, scales: str = "power_of_t
             y = self.relu1(self.bn1(self.conv1(x)))
             z = self.relu2(self.bn2(self.conv2(y)))
             x = self.pool(y + z)  # residual add of two quantized tensors (scales may differ)
-            x = self.q_avg(self.avg(x))
+            x = self.avg(self.q_pool(x))
             return self.fc(torch.flatten(x, 1))
 
     torch.manual_seed(seed)
@@ -106,3 +107,24 @@ def fixed_point_cnn(seed: int = 0, bit_width: int = 8, scales: str = "power_of_t
     _randomize_batchnorm(model, torch.Generator().manual_seed(seed + 1))
     model.eval()
     return model, (1, 1, 8, 8)
+
+
+def minifloat_mlp(seed: int = 0, power_of_two_scales: bool = True):
+    """(model, input_shape): FP8 E4M3 (OCP) activations and weights, for 1x8x8 inputs.
+
+    Exported as QONNX FloatQuant on both the input activation and the (transposed) weights.
+    With ``power_of_two_scales`` the Brevitas scales are restricted to powers of two.
+    """
+    import torch
+    from brevitas import nn as qnn
+    from brevitas.core.restrict_val import RestrictValueType
+    from brevitas.quant.experimental import float_quant_ocp as ocp
+
+    act, weight = ocp.Fp8e4m3OCPActPerTensorFloat, ocp.Fp8e4m3OCPWeightPerTensorFloat
+    if power_of_two_scales:
+        act = act.let(restrict_scaling_type=RestrictValueType.POWER_OF_TWO)
+        weight = weight.let(restrict_scaling_type=RestrictValueType.POWER_OF_TWO)
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(qnn.QuantIdentity(act_quant=act), torch.nn.Flatten(),
+                              qnn.QuantLinear(64, 10, bias=False, weight_quant=weight))
+    return net.eval(), (1, 1, 8, 8)
