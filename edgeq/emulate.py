@@ -4,18 +4,21 @@ Every layer runs its declared :class:`~edgeq.ir.Contract`:
 
 * quantizers call their NumFormat (the one implementation of each rounding rule);
 * Conv2d/Dense accumulate integer codes exactly. The engine is chosen per layer from the formats:
-  float32 BLAS when every partial sum is provably below 2**24, float64 BLAS below 2**53, int64
-  below 2**62, else Python integers. Integers below those bounds are exact in any summation order;
+  float32 BLAS when every partial sum is provably at most 2**24, float64 BLAS up to 2**53, int64
+  up to 2**62 (ingest refuses more). Integers within those bounds are exact in any summation order;
 * float glue (BatchNorm, element-wise constants, AvgPool's division) runs in float32 in
   onnxruntime's order, so it matches QONNX's ``execute_onnx`` bit for bit.
 
-Tensor values travel as exact float arrays: float32 whenever the tensor's format is exactly
-representable in float32 (float glue, and grids of at most 24 significant bits), float64 for wide
-accumulators. Outputs and traces are returned as float64.
+Tensor values travel as exact arrays: float32 whenever the tensor's format is exactly representable
+in float32 (float glue, and grids of at most 24 significant bits), float64 for accumulators up to 53
+bits, and int64 *codes* for wider fixed-point accumulators (only code-aware ops -- Quantize, Relu,
+MaxPool, Reshape, Transpose -- see them as codes; others get float64 values). Outputs and traces are
+returned as float64 values.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -52,21 +55,37 @@ def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = No
     env: dict[str, np.ndarray] = {inp.name: x.astype(_F32)}
     traced: dict[str, np.ndarray] = {}
     for i, layer in enumerate(graph.layers):
-        y = run_layer(graph, layer, [env[t] for t in layer.inputs])
+        xs = [env[t] for t in layer.inputs]
+        if layer.op not in _CODE_OPS:
+            xs = [_values(graph.tensors[t].format, v) for t, v in zip(layer.inputs, xs)]
+        y = run_layer(graph, layer, xs)
         env[layer.output] = y.astype(storage_dtype(graph.tensors[layer.output].format), copy=False)
         if trace:
-            traced[layer.name] = env[layer.output].astype(np.float64)
+            traced[layer.name] = _values(graph.tensors[layer.output].format, env[layer.output]).astype(np.float64)
         if progress is not None:
             progress(i + 1, len(graph.layers))
-    out = env[graph.outputs[0]].astype(np.float64)
+    out = _values(graph.output.format, env[graph.outputs[0]]).astype(np.float64)
     return (out, traced) if trace else out
 
 
+#: ops that take int64 codes of wide fixed-point tensors as they are (order-preserving or exact casts)
+_CODE_OPS = {"Quantize", "Relu", "MaxPool", "Reshape", "Transpose"}
+
+
 def storage_dtype(fmt) -> type:
-    """float32 when every value of ``fmt`` is exactly a float32, else float64."""
+    """float32 when every value of ``fmt`` is exactly a float32, float64 up to 53 bits, else int64 codes."""
     if isinstance(fmt, FixedPoint):
-        fits = fmt.width <= 24 and -100 < fmt.frac_bits < 100
-        return _F32 if fits else np.float64
+        if -100 < fmt.frac_bits < 100 and fmt.width <= 24:
+            return _F32
+        return np.float64 if fmt.width <= 53 else np.int64
+    return _F32  # float glue, Int/Binary/MiniFloat values are float32 results (QONNX semantics)
+
+
+def _values(fmt, v: np.ndarray) -> np.ndarray:
+    """Values of a stored tensor: int64 codes of a wide FixedPoint become float64 (rounded past 53 bits)."""
+    if v.dtype.kind == "i":
+        return np.ldexp(v.astype(np.float64), -fmt.frac_bits)
+    return v
     return _F32  # float glue, Int/Binary/MiniFloat values are float32 results (QONNX semantics)
 
 
@@ -87,10 +106,12 @@ def _quantize(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     fmt = graph.tensors[layer.output].format
     src = graph.tensors[layer.inputs[0]].format
     fixed = fmt.as_fixed() if isinstance(fmt, Int) else fmt if isinstance(fmt, FixedPoint) else None
-    if isinstance(src, FixedPoint) and fixed is not None and src.width > 24:
-        # A wide exact accumulator: cast it exactly, as the hardware does.
-        codes = np.rint(np.ldexp(x.astype(np.float64), src.frac_bits)).astype(np.int64)
-        return fixed.decode(fixed.cast_codes(codes, src.frac_bits))
+    if isinstance(src, FixedPoint) and src.width > 24:
+        # A wide exact accumulator: cast it once, exactly, as the hardware does (no float32 detour).
+        if fixed is not None:
+            codes = x if x.dtype.kind == "i" else np.rint(np.ldexp(x, src.frac_bits)).astype(np.int64)
+            return fixed.decode(fixed.cast_codes(codes, src.frac_bits))
+        return fmt.quantize(_values(src, x))
     return fmt.quantize(x.astype(_F32, copy=False), dtype=_F32)
 
 
@@ -183,7 +204,7 @@ def _pool_windows(x: np.ndarray, attrs: dict[str, Any], fill: float):
 
 def _maxpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     a = layer.attrs
-    win, _ = _pool_windows(x, a, -np.inf)
+    win, _ = _pool_windows(x, a, np.iinfo(x.dtype).min if x.dtype.kind == "i" else -np.inf)
     # Element-wise maximum over the kernel offsets: strided views, no window copies.
     out = None
     for i in range(win.shape[4]):
@@ -219,7 +240,7 @@ def _avgpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
 # Exact multiply-accumulate layers
 # ------------------------------------------------------------------------------------------------
 
-_ENGINE_DTYPE = {"float32 BLAS": np.float32, "float64 BLAS": np.float64, "int64": np.int64, "python int": object}
+_ENGINE_DTYPE = {"float32 BLAS": np.float32, "float64 BLAS": np.float64, "int64": np.int64}
 _CHUNK_ELEMS = 1 << 24  # bound the im2col buffer (elements) per batch chunk
 
 
@@ -227,10 +248,7 @@ def _codes(values: np.ndarray, lsb: np.ndarray, dtype) -> np.ndarray:
     """Exact integer codes of grid values, in the engine's dtype."""
     if dtype is _F32 and is_power_of_two(lsb) and np.all((lsb > 2.0**-100) & (lsb < 2.0**100)):
         return values.astype(_F32, copy=False) * (1.0 / lsb).astype(_F32)  # exact: power-of-two scaling
-    c = np.rint(values.astype(np.float64) / lsb)
-    if dtype is object:
-        return np.vectorize(int, otypes=[object])(c)
-    return c.astype(dtype)
+    return np.rint(values.astype(np.float64) / lsb).astype(dtype)
 
 
 def _mac_output(graph: Graph, layer: Layer, acc: np.ndarray, out_lsb: np.ndarray, bias_codes, x_lsb, w_lsb_out):
@@ -243,8 +261,8 @@ def _mac_output(graph: Graph, layer: Layer, acc: np.ndarray, out_lsb: np.ndarray
         return y.astype(np.float64)
     if bias_codes is not None:
         acc = acc + bias_codes
-    if acc.dtype == object:
-        acc = acc.astype(np.float64)  # values below 2**53 were proven by the bound
+    if storage_dtype(fmt) is np.int64:  # wide accumulator: keep exact codes in units of the format's lsb
+        return acc * np.rint(out_lsb / math.ldexp(1.0, -fmt.frac_bits)).astype(np.int64)
     if acc.dtype == _F32 and storage_dtype(fmt) is _F32 and is_power_of_two(out_lsb):
         return acc * out_lsb.astype(_F32)  # exact: integer codes times a power of two, within 24 bits
     return acc.astype(np.float64) * out_lsb

@@ -682,8 +682,11 @@ class MiniFloat(NumFormat):
         exp_field = np.where(np.isinf(a), top, exp_field)
         mant = np.where(np.isinf(a), 0, mant)
         all_ones = (1 << (e + m)) - 1
+        # NaN: the all-ones code in "fn" formats; with infinities (IEEE style) the canonical quiet NaN
+        # (top exponent, mantissa MSB set): 0x7E00 for float16, 0x7E for e5m2, as numpy and ml_dtypes.
+        nan_body = (top << m) | (1 << (m - 1)) if self.has_inf and m > 0 else all_ones
         body = (exp_field.astype(np.int64) << m) | np.nan_to_num(mant).astype(np.int64)
-        body = np.where(np.isnan(a), all_ones, body)
+        body = np.where(np.isnan(a), nan_body, body)
         return sign | body.astype(np.uint64)
 
     def from_bits(self, b: np.ndarray) -> np.ndarray:
@@ -704,7 +707,7 @@ class MiniFloat(NumFormat):
             val = np.where((ef == top) & (mf != 0), np.nan, val)
         elif self.has_nan:
             val = np.where((ef == top) & (mf == (1 << m) - 1), np.nan, val)
-        return sign * val
+        return np.copysign(val, sign)  # also keeps the sign bit of NaN codes
 
     def ctype(self, backend: str = "hls") -> str:
         if backend == "hls":

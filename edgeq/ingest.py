@@ -250,6 +250,21 @@ def is_power_of_two(a: np.ndarray) -> bool:
     return bool(np.all(m == 0.5))
 
 
+def mac_engine(bound: float) -> str | None:
+    """How to accumulate integer codes exactly when every partial sum is at most ``bound`` in size.
+
+    float32 represents every integer up to 2**24 and float64 up to 2**53, so BLAS in any order or
+    fusion is exact below those bounds; int64 up to 2**62 (numpy integer matmul, slow). None beyond.
+    """
+    if bound <= 2**24:
+        return "float32 BLAS"
+    if bound <= 2**53:
+        return "float64 BLAS"
+    if bound <= 2**62:
+        return "int64"
+    return None
+
+
 def _bits_for(bound: float) -> int:
     """Two's-complement width holding every integer in [-bound, bound]."""
     return max(1, int(math.ceil(math.log2(bound + 1))) + 1) if bound > 0 else 1
@@ -531,11 +546,11 @@ class _Lowering:
         xfmt = self.quantized_input(node, x)
         gx, gw = grid_of(xfmt), grid_of(wfmt)
         if gw is None:
-            raise EdgeqError(f"node '{node.name}' ({op}): weight format {wfmt} has no exact integer grid")
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): weight format {wfmt} has no exact integer grid")
         lsb_x, bx = gx
         lsb_w, bw = gw
         if lsb_x.size != 1:
-            raise EdgeqError(f"node '{node.name}' ({op}): input '{x}' has per-channel scales ({xfmt}); "
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): input '{x}' has per-channel scales ({xfmt}); "
                              "quantize activations feeding Conv/MatMul per tensor")
         bound = float(k) * bx * bw
         bias = bias_fmt = None
@@ -546,18 +561,24 @@ class _Lowering:
             else:
                 b = self.const(node, bias_idx)
                 if b is None:
-                    raise EdgeqError(f"node '{node.name}' ({op}): bias '{t}' must be constant")
+                    raise EdgeqError(f"node '{node.name}' ({node.op_type}): bias '{t}' must be constant")
                 bias, bias_fmt = np.asarray(b, dtype=np.float32).astype(np.float64), Float32()
         exact_scales = lsb_x.size == 1 and is_power_of_two(lsb_x) and is_power_of_two(lsb_w)
         if bias is not None:
             bound += float(np.max(np.abs(bias)) / (np.min(lsb_w) * float(lsb_x.max()))) if exact_scales else 0
-        engine = "float32 BLAS" if bound < 2**24 else "float64 BLAS" if bound < 2**53 else (
-            "int64" if bound < 2**62 else "python int")
+        engine = mac_engine(bound)
+        if engine is None:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): partial sums may reach {bound:.3g} (> 2^62) "
+                             f"with these formats ({xfmt} x {wfmt}, K={k}); use narrower weights or activations")
         frac = -int(np.frexp(float(np.min(lsb_w)) * float(np.min(lsb_x)))[1] - 1)
         out_fmt: NumFormat
         bias_exact = bias is None or (exact_scales and _on_grid(bias, math.ldexp(1.0, -frac)))
         if exact_scales and bias_exact:
-            width = _bits_for(bound)
+            # Per-channel power-of-two weight scales: codes of coarser channels scale up to the finest lsb.
+            width = _bits_for(bound * float(np.max(lsb_w) / np.min(lsb_w)))
+            if width > 63:
+                raise EdgeqError(f"node '{node.name}' ({node.op_type}): the exact accumulator needs {width} bits "
+                                 "(> 63); use narrower formats or per-tensor weight scales")
             out_fmt = FixedPoint(width, width - frac, True)
             contract = Contract(accumulator=out_fmt, rounding="none: exact accumulation", order="any: exact",
                                 engine=engine)
