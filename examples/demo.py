@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     print(f"      test accuracy (emulated, bit-exact): {acc:.4f}")
     print(f"      edgeq {len(x_te) / t_e:,.0f} img/s vs execute_onnx {len(x_te) / t_q:,.0f} img/s "
           f"({t_q / t_e:.0f}x)")
-    print(f"      artefacts in {out}/: model, x_test.npy, y_edgeq.npy, trace/ ({len(list((out / 'trace').iterdir()))} layers)")
+    n_trace = len(list((out / "trace").iterdir()))
+    print(f"      artefacts in {out}/: model, x_test.npy, y_edgeq.npy, trace/ ({n_trace} layers)")
     return 0 if mism_q == 0 and mism_b == 0 else 1
 
 
