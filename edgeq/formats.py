@@ -461,7 +461,8 @@ class Int(NumFormat):
         s = self.scale_array(x.ndim, x.dtype)
         z = self.zero_point_array(x.ndim, x.dtype)
         y = x / s
-        y = y + z
+        if self.has_zero_point:  # adding a zero would only turn -0 into +0
+            y = y + z
         if self.bipolar:
             return np.where(y >= 0, 1.0, -1.0).astype(x.dtype)
         # QONNX clamps before rounding; the bounds are integers, so this equals round-then-clamp.
