@@ -336,14 +336,20 @@ class FixedPoint(NumFormat):
         if backend == "hls":
             return f"{base}<{self.width},{self.int_bits},AP_{self.rounding},AP_{self.overflow}>"
         if backend == "c":
-            for n in (8, 16, 32, 64):
-                if self.width <= n:
-                    return f"{'' if self.signed else 'u'}int{n}_t"
+            return _c_int_type(self.width, self.signed)
         raise ValueError(f"no {backend} type for {self}")
 
     def __str__(self) -> str:
         base = "fixed" if self.signed else "ufixed"
         return f"{base}<{self.width},{self.int_bits},{self.rounding},{self.overflow}>"
+
+
+def _c_int_type(width: int, signed: bool) -> str:
+    """The smallest C integer type holding ``width``-bit codes."""
+    for n in (8, 16, 32, 64):
+        if width <= n:
+            return f"{'' if signed else 'u'}int{n}_t"
+    raise ValueError(f"no C integer type holds {width} bits")
 
 
 def _as_f32_tuple(v) -> tuple[float, ...]:
@@ -510,9 +516,7 @@ class Int(NumFormat):
         if backend == "hls":
             return f"ap_{'' if self.signed else 'u'}int<{self.width}>"
         if backend == "c":
-            for n in (8, 16, 32, 64):
-                if self.width <= n:
-                    return f"{'' if self.signed else 'u'}int{n}_t"
+            return _c_int_type(self.width, self.signed)
         raise ValueError(f"no {backend} type for {self}")
 
     def __str__(self) -> str:

@@ -67,3 +67,25 @@ def qonnx_reference(path, x: np.ndarray, full_context: bool = False):
         return out
     keys = set().union(*[c.keys() for c in ctxs])
     return out, {k: np.concatenate([c[k] for c in ctxs]) for k in keys if np.ndim(ctxs[0][k]) > 0}
+
+
+def run_qonnx_node(op: str, x: np.ndarray, inits: dict, **attrs) -> np.ndarray:
+    """Execute one QONNX custom op (domain qonnx.custom_op.general) with execute_onnx, in float32."""
+    from onnx import TensorProto, helper
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.basic import qonnx_make_model
+
+    node = helper.make_node(op, ["X", *inits], ["Y"], domain="qonnx.custom_op.general", **attrs)
+    shape = list(x.shape)
+    graph = helper.make_graph(
+        [node], "oracle",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
+    )
+    model = ModelWrapper(qonnx_make_model(graph))
+    for k, v in inits.items():
+        model.set_initializer(k, np.asarray(v, dtype=np.float32))
+    y = execute_onnx(model, {"X": np.asarray(x, dtype=np.float32)})["Y"]
+    assert y.dtype == np.float32
+    return y

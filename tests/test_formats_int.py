@@ -10,10 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
-from qonnx.core.modelwrapper import ModelWrapper
-from qonnx.core.onnx_exec import execute_onnx
-from qonnx.util.basic import qonnx_make_model
+from conftest import run_qonnx_node
 
 from edgeq.formats import Binary, FixedPoint, Int
 
@@ -21,21 +18,7 @@ QONNX_MODES = ("ROUND", "HALF_EVEN", "CEIL", "FLOOR", "UP", "DOWN", "HALF_UP", "
 F32 = np.float32
 
 
-def _run(op: str, x: np.ndarray, inits: dict[str, np.ndarray], **attrs) -> np.ndarray:
-    names = ["X", *inits]
-    node = helper.make_node(op, names, ["Y"], domain="qonnx.custom_op.general", **attrs)
-    shape = list(x.shape)
-    graph = helper.make_graph(
-        [node], "oracle",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
-    )
-    model = ModelWrapper(qonnx_make_model(graph))
-    for k, v in inits.items():
-        model.set_initializer(k, np.asarray(v, dtype=F32))
-    y = execute_onnx(model, {"X": np.asarray(x, dtype=F32)})["Y"]
-    assert y.dtype == F32
-    return y
+_run = run_qonnx_node
 
 
 def qonnx_quant(x, scale, zeropt, bitwidth, signed, narrow, rounding_mode):

@@ -13,11 +13,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
-from qonnx.core.modelwrapper import ModelWrapper
-from qonnx.core.onnx_exec import execute_onnx
+from conftest import run_qonnx_node
 from qonnx.custom_op.general.floatquant import compute_max_val, float_quant
-from qonnx.util.basic import qonnx_make_model
 
 from edgeq.formats import MiniFloat
 
@@ -140,23 +137,8 @@ def test_minifloat_round_trips_every_code_like_ml_dtypes(name):
 def qonnx_floatquant(x, scale, e, m, bias, max_val, *, rounding="ROUND", has_inf=0, has_nan=0, saturation=1):
     inits = {"scale": scale, "exponent_bitwidth": e, "mantissa_bitwidth": m, "exponent_bias": bias,
              "max_val": max_val}
-    node = helper.make_node(
-        "FloatQuant", ["X", *inits], ["Y"], domain="qonnx.custom_op.general",
-        rounding_mode=rounding, has_inf=int(has_inf), has_nan=int(has_nan), has_subnormal=1,
-        saturation=int(saturation),
-    )
-    shape = list(x.shape)
-    graph = helper.make_graph(
-        [node], "oracle",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, shape)],
-    )
-    model = ModelWrapper(qonnx_make_model(graph))
-    for k, v in inits.items():
-        model.set_initializer(k, np.asarray(v, dtype=F32))
-    y = execute_onnx(model, {"X": np.asarray(x, F32)})["Y"]
-    assert y.dtype == F32
-    return y
+    return run_qonnx_node("FloatQuant", x, inits, rounding_mode=rounding, has_inf=int(has_inf),
+                          has_nan=int(has_nan), has_subnormal=1, saturation=int(saturation))
 
 
 def _grid(e, m, bias) -> np.ndarray:
