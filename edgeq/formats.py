@@ -838,3 +838,17 @@ class Float32(NumFormat):
 
     def __str__(self) -> str:
         return "float32"
+
+
+_FORMAT_CLASSES = {c.__name__: c for c in (FixedPoint, Int, MiniFloat, Float16, Binary, Float32)}
+
+
+def format_from_dict(d: dict[str, Any]) -> NumFormat:
+    """Inverse of :meth:`NumFormat.to_dict`."""
+    cls = _FORMAT_CLASSES.get(d.get("kind", ""))
+    if cls is None:
+        raise ValueError(f"unknown number format kind {d.get('kind')!r}")
+    if cls is Float16:
+        return Float16()
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k not in ("kind", "str")}
+    return cls(**fields)

@@ -31,12 +31,15 @@ Transpose  ``perm`` (without the batch axis).
 
 from __future__ import annotations
 
+import io
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from edgeq.formats import NumFormat
+from edgeq.formats import NumFormat, format_from_dict
 
 
 @dataclass(frozen=True)
@@ -149,3 +152,81 @@ class Graph:
                 }
             )
         return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialisation: one .npz holding the structure as JSON and every array by name
+# ---------------------------------------------------------------------------------------------
+
+
+def _encode(v: Any, arrays: dict[str, np.ndarray], key: str) -> Any:
+    if isinstance(v, np.ndarray):
+        arrays[key] = v
+        return {"__array__": key}
+    if isinstance(v, NumFormat):
+        return {"__format__": v.to_dict()}
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {k: _encode(x, arrays, f"{key}.{k}") for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_encode(x, arrays, f"{key}.{i}") for i, x in enumerate(v)]
+    return v
+
+
+def _decode(v: Any, arrays) -> Any:
+    if isinstance(v, dict):
+        if "__array__" in v:
+            return arrays[v["__array__"]]
+        if "__format__" in v:
+            return format_from_dict(v["__format__"])
+        return {k: _decode(x, arrays) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x, arrays) for x in v]
+    return v
+
+
+def save_graph(graph: Graph, path: str | os.PathLike) -> None:
+    """Write ``graph`` to one ``.npz`` file (structure as JSON, arrays by name). No pickle."""
+    arrays: dict[str, np.ndarray] = {}
+    doc = {
+        "name": graph.name, "inputs": graph.inputs, "outputs": graph.outputs, "source_path": graph.source_path,
+        "tensors": [{"name": t.name, "shape": list(t.shape), "format": t.format.to_dict()}
+                    for t in graph.tensors.values()],
+        "layers": [],
+    }
+    for i, lay in enumerate(graph.layers):
+        doc["layers"].append({
+            "name": lay.name, "op": lay.op, "inputs": lay.inputs, "output": lay.output, "source": lay.source,
+            "attrs": _encode(lay.attrs, arrays, f"l{i}.attrs"),
+            "weight": _encode(lay.weight, arrays, f"l{i}.weight"),
+            "weight_format": _encode(lay.weight_format, arrays, ""),
+            "bias": _encode(lay.bias, arrays, f"l{i}.bias"),
+            "bias_format": _encode(lay.bias_format, arrays, ""),
+            "contract": {**lay.contract.to_dict(),
+                         "accumulator": _encode(lay.contract.accumulator, arrays, "")},
+        })
+    buf = io.BytesIO()
+    np.savez(buf, __graph__=np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8), **arrays)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def load_graph(path: str | os.PathLike) -> Graph:
+    """Read a graph written by :func:`save_graph`."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    doc = json.loads(arrays.pop("__graph__").tobytes().decode())
+    tensors = {t["name"]: Tensor(t["name"], tuple(t["shape"]), format_from_dict(t["format"])) for t in doc["tensors"]}
+    layers = []
+    for d in doc["layers"]:
+        c = d["contract"]
+        layers.append(Layer(
+            name=d["name"], op=d["op"], inputs=d["inputs"], output=d["output"], source=d["source"],
+            attrs=_decode(d["attrs"], arrays), weight=_decode(d["weight"], arrays),
+            weight_format=_decode(d["weight_format"], arrays), bias=_decode(d["bias"], arrays),
+            bias_format=_decode(d["bias_format"], arrays),
+            contract=Contract(accumulator=_decode(c["accumulator"], arrays), rounding=c["rounding"],
+                              fused=c["fused"], order=c["order"], engine=c["engine"]),
+        ))
+    return Graph(doc["name"], doc["inputs"], doc["outputs"], tensors, layers, doc.get("source_path"))
