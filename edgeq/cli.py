@@ -184,6 +184,41 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
                                                               if traced is not None else ""), err=True)
 
 
+@cli.command()
+@click.argument("model")
+@click.option("--board", "-b", required=True, help="Target board (see `edgeq boards`).")
+@click.option("--out", "-o", "out_dir", required=True, help="Project directory to create.")
+@click.option("--vectors", default=None, help="Test inputs (.npy, or .npz with 'x'); default: a seeded random batch.")
+@click.option("--n-vectors", default=64, show_default=True, help="Size of the default random batch.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace DIR if it exists.")
+@click.option("--synth", is_flag=True, help="Also run vitis_hls/vivado when they are on PATH.")
+@click.option("--allow-over-budget", is_flag=True, help="Warn instead of failing when the estimate exceeds the board.")
+@click.pass_obj
+def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, n_vectors: int, seed: int,
+          force: bool, synth: bool, allow_over_budget: bool) -> None:
+    """Build MODEL for BOARD into DIR and prove it bit-exact against the emulator (C simulation)."""
+    from edgeq.backends.hls.build import BuildConfig, BuildFailed
+    from edgeq.backends.hls.build import build as run_build
+
+    cfg = BuildConfig(model=Path(model), board=board, out=Path(out_dir), vectors=Path(vectors) if vectors else None,
+                      n_vectors=n_vectors, seed=seed, force=force, synth=synth, allow_over_budget=allow_over_budget)
+    steps = ["load", "lower", "cost", "render", "vectors", "csim"]
+    with _progress(ctx, f"building for {board}", len(steps)) as update:
+        def say(step: str) -> None:
+            update(steps.index(step), len(steps))
+        try:
+            report = run_build(cfg, say=say)
+        except BuildFailed as e:
+            click.echo(f"edgeq: build failed: {e}", err=True)
+            sys.exit(1)
+    cs = report["csim"]
+    for w in report.get("budget_warnings") or []:
+        click.echo(f"edgeq: warning: {w}", err=True)
+    click.echo(f"{out_dir}: csim {cs['status']} ({cs['mismatches']} mismatches over {cs['vectors']} vectors, "
+               f"{cs['seconds']} s); AMD tools: {report['tools']['status']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one line and exit code 2 for bad input."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

@@ -55,17 +55,34 @@ def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = No
     env: dict[str, np.ndarray] = {inp.name: x.astype(_F32)}
     traced: dict[str, np.ndarray] = {}
     for i, layer in enumerate(graph.layers):
-        xs = [env[t] for t in layer.inputs]
-        if layer.op not in _CODE_OPS:
-            xs = [_values(graph.tensors[t].format, v) for t, v in zip(layer.inputs, xs)]
-        y = run_layer(graph, layer, xs)
-        env[layer.output] = y.astype(storage_dtype(graph.tensors[layer.output].format), copy=False)
+        env[layer.output] = step(graph, layer, env)
         if trace:
             traced[layer.name] = _values(graph.tensors[layer.output].format, env[layer.output]).astype(np.float64)
         if progress is not None:
             progress(i + 1, len(graph.layers))
     out = _values(graph.output.format, env[graph.outputs[0]]).astype(np.float64)
     return (out, traced) if trace else out
+
+
+def step(graph: Graph, layer: Layer, env: dict[str, np.ndarray]) -> np.ndarray:
+    """Run one layer on the stored values in ``env``; returns its stored output (see module doc)."""
+    xs = [env[t] for t in layer.inputs]
+    if layer.op not in _CODE_OPS:
+        xs = [_values(graph.tensors[t].format, v) for t, v in zip(layer.inputs, xs)]
+    y = run_layer(graph, layer, xs)
+    return y.astype(storage_dtype(graph.tensors[layer.output].format), copy=False)
+
+
+def run_chain(graph: Graph, layers: list[Layer], x: np.ndarray) -> np.ndarray:
+    """Run a chain of single-input layers on ``x`` (values of the first layer's input tensor).
+
+    Used by backends to evaluate float glue exactly as :func:`emulate` does, e.g. on every code of
+    an accumulator to derive integer thresholds. Returns float64 values of the last output.
+    """
+    env = {layers[0].inputs[0]: x.astype(storage_dtype(graph.tensors[layers[0].inputs[0]].format), copy=False)}
+    for layer in layers:
+        env[layer.output] = step(graph, layer, env)
+    return _values(graph.tensors[layers[-1].output].format, env[layers[-1].output]).astype(np.float64)
 
 
 #: ops that take int64 codes of wide fixed-point tensors as they are (order-preserving or exact casts)
@@ -375,4 +392,4 @@ _OPS = {
     "Dense": _dense,
 }
 
-__all__ = ["emulate", "run_layer"]
+__all__ = ["emulate", "run_chain", "run_layer", "step"]

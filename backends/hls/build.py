@@ -1,0 +1,444 @@
+"""``edgeq build`` for FPGA boards: a list of named steps over one build context.
+
+Steps: load -> lower -> cost -> render -> vectors -> csim -> tool files -> synth (optional) ->
+report. The project is written into a temporary directory next to the destination and renamed
+into place at the end, so a failed build never leaves a half-written directory. The C simulation
+(g++ against the ap_types headers of the installed hls4ml wheel) runs on every build and must be
+bit-identical to :func:`edgeq.emulate`; a mismatch fails the build (exit code 1) and the report
+names the first diverging layer, the element, both values and their bit patterns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq import __version__
+from edgeq.board import Board, get_board
+from edgeq.emulate import emulate
+from edgeq.errors import EdgeqError
+from edgeq.ingest import load
+
+TOP = "edgeq_top"
+
+
+class BuildFailed(Exception):
+    """The build ran but verification failed (exit code 1); the report says why."""
+
+
+@dataclass
+class BuildConfig:
+    model: Path
+    board: str
+    out: Path
+    vectors: Path | None = None
+    n_vectors: int = 64
+    seed: int = 0
+    force: bool = False
+    parallel: int = 8
+    synth: bool = False
+    allow_over_budget: bool = False
+    jobs: int = max(1, min(2, os.cpu_count() or 1))
+
+
+@dataclass
+class BuildContext:
+    cfg: BuildConfig
+    board: Board
+    tmp: Path
+    say: Callable[[str], None]
+    graph: Any = None
+    design: Any = None
+    hls: dict = field(default_factory=dict)
+    cost: dict | None = None
+    x: np.ndarray | None = None
+    expected: np.ndarray | None = None
+    trace: dict | None = None
+    report: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------------------------
+
+
+def step_load(ctx: BuildContext) -> None:
+    ctx.graph = load(ctx.cfg.model)
+    shutil.copyfile(ctx.cfg.model, ctx.tmp / "model.onnx")
+
+
+def step_lower(ctx: BuildContext) -> None:
+    from edgeq.backends.hls.lower import lower
+
+    ctx.design = lower(ctx.graph, ctx.cfg.parallel)
+
+
+def cost_rows(design) -> list[dict]:
+    """The per-layer description the cost model takes."""
+    rows = []
+    for lay in design.layers:
+        x = design.tensors[lay.inputs[0]]
+        y = design.tensors[lay.output]
+        w = lay.params.get("weight")
+        thr = lay.params.get("thresholds")
+        kernel = None
+        if lay.op == "Conv2d":
+            kernel = list(w.shape[2:])
+        elif lay.op in ("MaxPool", "SumPool"):
+            kernel = list(lay.attrs["kernel"])
+        parallel = 1
+        if lay.op == "Conv2d":
+            parallel = int(np.prod(kernel))
+        elif lay.op == "Dense":
+            parallel = max(1, min(int(w.shape[0]), 8))
+        elif lay.op == "Threshold":
+            parallel = int(thr.shape[1])
+        rows.append({
+            "name": lay.name, "op": lay.op, "in_bits": x.format.width,
+            "w_bits": int(lay.attrs.get("w_bits", 0)), "acc_bits": y.format.width if lay.op in ("Conv2d", "Dense")
+            else x.format.width, "out_bits": y.format.width, "macs": int(lay.attrs.get("macs", 0)),
+            "weights": int(w.size) if w is not None else 0,
+            "weight_bits": int(w.size) * int(lay.attrs.get("w_bits", 0)) if w is not None else 0,
+            "in_elements": x.elements, "out_elements": y.elements, "channels": y.shape[0] if y.shape else 1,
+            "levels": int(thr.shape[1]) if thr is not None else 0, "parallel": parallel, "kernel": kernel,
+        })
+    return rows
+
+
+def step_cost(ctx: BuildContext) -> None:
+    try:
+        from edgeq.backends.hls import cost
+    except ImportError:  # pragma: no cover - the cost model ships with the backend
+        ctx.cost = None
+        return
+    ctx.cost = cost.estimate(cost_rows(ctx.design), ctx.board)
+    ctx.report["budget_warnings"] = cost.check_budget(ctx.cost, ctx.board, ctx.cfg.allow_over_budget)
+
+
+def step_render(ctx: BuildContext) -> None:
+    from edgeq.backends.hls.render import render
+
+    ctx.hls = render(ctx.design, ctx.tmp)
+    ctx.design.glue.save(ctx.tmp / "host")
+
+
+def _default_vectors(ctx: BuildContext) -> np.ndarray:
+    """A seeded batch in the input's valid range: [0, 1] (images) when float preprocessing precedes the
+    first quantizer, else the first quantizer's range widened by 10 % to exercise saturation."""
+    g, d = ctx.graph, ctx.design
+    rng = np.random.default_rng(ctx.cfg.seed)
+    shape = (ctx.cfg.n_vectors,) + tuple(g.input.shape)
+    if len(d.glue.prefix.layers) > 1:
+        return rng.uniform(0.0, 1.0, shape).astype(np.float32)
+    fmt = d.glue.in_format
+    span = (fmt.max - fmt.min) * 0.05
+    return rng.uniform(fmt.min - span, fmt.max + span, shape).astype(np.float32)
+
+
+def step_vectors(ctx: BuildContext) -> None:
+    vdir = ctx.tmp / "vectors"
+    vdir.mkdir()
+    if ctx.cfg.vectors is not None:
+        from edgeq.data import load_arrays
+
+        x, _ = load_arrays(ctx.cfg.vectors)
+    else:
+        x = _default_vectors(ctx)
+    ctx.x = np.asarray(x, dtype=np.float32)
+    ctx.expected, ctx.trace = emulate(ctx.graph, ctx.x, trace=True)
+    codes = ctx.design.glue.encode(ctx.x)
+    np.save(vdir / "input.npy", ctx.x)
+    np.save(vdir / "expected.npy", ctx.expected)
+    codes.tofile(vdir / "input_codes.bin")
+
+
+def _run(cmd: list[str], cwd: Path, what: str, timeout: float = 1800) -> None:
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0:
+        tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-15:])
+        raise BuildFailed(f"{what} failed (exit {res.returncode}):\n{tail}")
+
+
+def compile_csim(root: Path, hls: dict, jobs: int, extra: list[str] | None = None) -> Path:
+    """Compile every unit in parallel with g++ and link the test bench; returns the binary."""
+    obj = root / "csim" / "obj"
+    obj.mkdir(parents=True, exist_ok=True)
+    inc = [f"-I{root / d}" for d in hls["include_dirs"]]
+    flags = hls["cflags"] + (extra or [])
+    units = hls["sources"] + [hls["testbench"]]
+
+    def cc(src: str) -> Path:
+        o = obj / (Path(src).stem + ".o")
+        _run(["g++", *flags, *inc, "-c", str(root / src), "-o", str(o)], root, f"g++ {src}")
+        return o
+
+    # Largest units first: they bound the wall time.
+    order = sorted(units, key=lambda s: -(root / s).stat().st_size)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        objs = list(pool.map(cc, order))
+    exe = root / "csim" / "tb_edgeq"
+    _run(["g++", *flags, *map(str, objs), "-o", str(exe)], root, "linking the test bench")
+    return exe
+
+
+def run_csim(root: Path, exe: Path, codes: np.ndarray, out_elems: int, out_dtype: str, jobs: int,
+             trace_dir: Path | None = None) -> np.ndarray:
+    """Run the test bench over ``codes`` (n, elements), split across ``jobs`` processes."""
+    n = len(codes)
+    parts = [p for p in np.array_split(np.arange(n), jobs if trace_dir is None else 1) if len(p)]
+    work = root / "csim"
+    procs = []
+    for k, idx in enumerate(parts):
+        fin, fout = work / f"in{k}.bin", work / f"out{k}.bin"
+        np.ascontiguousarray(codes[idx]).tofile(fin)
+        args = [str(exe), str(fin), str(len(idx)), str(fout)] + ([str(trace_dir)] if trace_dir else [])
+        procs.append((subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE), fout))
+    outs = []
+    for p, fout in procs:
+        _, err = p.communicate(timeout=3600)
+        if p.returncode != 0:
+            raise BuildFailed(f"C simulation failed (exit {p.returncode}): {err.decode(errors='replace')[-500:]}")
+        outs.append(np.fromfile(fout, dtype=out_dtype).reshape(-1, out_elems))
+    return np.concatenate(outs)
+
+
+def _bits(fmt, codes: np.ndarray) -> list[str]:
+    mask = (1 << fmt.width) - 1
+    return [format(int(c) & mask, f"0{fmt.width}b") for c in np.ravel(codes)]
+
+
+def first_divergence(ctx: BuildContext, trace_dir: Path) -> dict | None:
+    """Compare every layer's csim trace with the emulator; the first differing layer and element."""
+    d = ctx.design
+    names = ctx.hls["layer_names"]
+    n = len(ctx.x)
+    for lay in d.layers:
+        t = d.tensors[lay.output]
+        f = trace_dir / f"{names[lay.name]}.bin"
+        if not f.exists():
+            continue
+        got = np.fromfile(f, dtype=t.dtype).reshape(n, -1).astype(np.int64)
+        ir_name = d.ir_tensor.get(lay.output)
+        ir_layer = next((x for x in ctx.graph.layers if x.output == ir_name), None)
+        if ir_layer is None or ir_layer.name not in ctx.trace:
+            continue
+        want = t.format.quantize_codes(ctx.trace[ir_layer.name].reshape(n, -1)).astype(np.int64)
+        bad = np.argwhere(got != want)
+        if len(bad):
+            s, e = (int(v) for v in bad[0])
+            return {"layer": lay.name, "op": lay.op, "onnx": lay.source, "sample": s, "element": e,
+                    "format": str(t.format), "csim_code": int(got[s, e]), "emulator_code": int(want[s, e]),
+                    "csim_value": float(t.format.decode(got[s, e])),
+                    "emulator_value": float(t.format.decode(want[s, e])),
+                    "csim_bits": _bits(t.format, got[s, e])[0], "emulator_bits": _bits(t.format, want[s, e])[0],
+                    "mismatching_elements": int(len(bad))}
+    return None
+
+
+def step_csim(ctx: BuildContext) -> None:
+    t0 = time.perf_counter()
+    exe = compile_csim(ctx.tmp, ctx.hls, ctx.cfg.jobs)
+    t_compile = time.perf_counter() - t0
+    d = ctx.design
+    codes = d.glue.encode(ctx.x)
+    out_t = d.tensors[d.output]
+    out_codes = run_csim(ctx.tmp, exe, codes, out_t.elements, out_t.dtype, ctx.cfg.jobs)
+    got = d.glue.decode(out_codes)
+    np.save(ctx.tmp / "csim" / "outputs.npy", got)
+    same = (got == ctx.expected) | (np.isnan(got) & np.isnan(ctx.expected))
+    bitwise = got.view(np.uint64) == ctx.expected.view(np.uint64)
+    mismatches = int(np.sum(~(same & bitwise)))
+    csim = {"status": "pass" if mismatches == 0 else "fail", "vectors": int(len(ctx.x)), "mismatches": mismatches,
+            "outputs_compared": int(got.size), "compile_seconds": round(t_compile, 2),
+            "seconds": round(time.perf_counter() - t0, 2), "compiler": "g++", "ap_types": "hls4ml wheel"}
+    if mismatches:
+        trace_dir = ctx.tmp / "csim" / "trace"
+        trace_dir.mkdir(exist_ok=True)
+        run_csim(ctx.tmp, exe, codes, out_t.elements, out_t.dtype, 1, trace_dir)
+        csim["first_divergence"] = first_divergence(ctx, trace_dir)
+    ctx.report["csim"] = csim
+
+
+def step_tool_files(ctx: BuildContext, info: dict) -> None:
+    try:
+        from edgeq.backends.hls.project import write_tool_files
+    except ImportError:  # pragma: no cover - ships with the backend
+        return
+    write_tool_files(ctx.tmp, info)
+
+
+def step_synth(ctx: BuildContext) -> None:
+    tools = {name: shutil.which(name) for name in ("vitis_hls", "vivado")}
+    rep: dict[str, Any] = {"found": {k: bool(v) for k, v in tools.items()}}
+    if not ctx.cfg.synth:
+        rep["status"] = "skipped: --synth not given"
+    elif not tools["vitis_hls"]:
+        rep["status"] = "skipped: vitis_hls is not on PATH; run `make hls` (and `make bitstream`) where it is"
+    else:
+        _run(["vitis_hls", "-f", "scripts/hls.tcl"], ctx.tmp, "vitis_hls", timeout=6 * 3600)
+        rep["status"] = "ran vitis_hls"
+        rep.update(parse_hls_reports(ctx.tmp))
+        if tools["vivado"]:
+            _run(["vivado", "-mode", "batch", "-source", "scripts/vivado.tcl"], ctx.tmp, "vivado", timeout=12 * 3600)
+            rep["status"] += " and vivado"
+    ctx.report["tools"] = rep
+
+
+def parse_hls_reports(root: Path) -> dict:
+    """Utilisation and latency from Vitis HLS's csynth.xml, when it exists."""
+    import xml.etree.ElementTree as ET
+
+    found = list(root.glob("**/syn/report/csynth.xml"))
+    if not found:
+        return {"hls_report": "csynth.xml not found"}
+    r = ET.parse(found[0]).getroot()
+    area = r.find("AreaEstimates/Resources")
+    lat = r.find("PerformanceEstimates/SummaryOfOverallLatency")
+    out: dict[str, Any] = {"hls_report": str(found[0].relative_to(root))}
+    if area is not None:
+        out["utilisation"] = {c.tag: int(c.text) for c in area if c.text and c.text.isdigit()}
+    if lat is not None:
+        out["latency"] = {c.tag: c.text for c in lat}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports and the driver
+# ---------------------------------------------------------------------------------------------
+
+
+def build_info(ctx: BuildContext) -> dict:
+    d = ctx.design
+    i, o = d.tensors[d.input], d.tensors[d.output]
+    b = ctx.board
+    return {
+        "edgeq_version": __version__, "top": TOP,
+        "board": {"name": b.name, "part": b["part"], "clock_mhz": b["clock_mhz"], "description": b.description,
+                  "ps": b.get("ps", "zynq_ultra_ps_e" if not b["part"].startswith("xc7z") else "processing_system7")},
+        "model": "model.onnx",
+        "input": {"shape": list(i.shape), "elements": i.elements, "ctype": i.ctype, "dtype": i.dtype,
+                  "format": str(i.format)},
+        "output": {"shape": list(o.shape), "elements": o.elements, "ctype": o.ctype, "dtype": o.dtype,
+                   "format": str(o.format)},
+        "hls": {k: v for k, v in ctx.hls.items() if k != "layer_names"},
+        "vectors": {"input": "vectors/input.npy", "codes": "vectors/input_codes.bin",
+                    "expected": "vectors/expected.npy", "count": int(len(ctx.x))},
+        "host": "host",
+    }
+
+
+def write_reports(ctx: BuildContext) -> None:
+    d = ctx.design
+    b = ctx.board
+    layers = []
+    cost_by_name = {r["name"]: r for r in (ctx.cost or {}).get("layers", [])}
+    for lay in d.layers:
+        x, y = d.tensors[lay.inputs[0]], d.tensors[lay.output]
+        row = {"name": lay.name, "op": lay.op, "onnx": lay.source, "ir_layers": lay.ir_layers,
+               "input_format": str(x.format), "output_format": str(y.format), "shape": list(y.shape),
+               "macs": int(lay.attrs.get("macs", 0))}
+        if lay.op in ("Conv2d", "Dense"):
+            row["accumulator"] = str(y.format)
+            row["weight_bits"] = int(lay.attrs.get("w_bits", 0))
+        if lay.op == "Threshold":
+            row["thresholds_per_channel"] = int(lay.attrs["levels"])
+            row["thresholds_exhaustively_verified"] = bool(lay.attrs["exhaustive"])
+        if lay.name in cost_by_name:
+            row["estimate"] = {k: v for k, v in cost_by_name[lay.name].items() if k != "name"}
+        layers.append(row)
+    glue = d.glue
+    ctx.report.update({
+        "edgeq_version": __version__, "board": b.name, "part": b["part"], "clock_mhz": b["clock_mhz"],
+        "backend": "fpga-hls", "model": str(ctx.cfg.model), "layers": layers,
+        "host": {
+            "prefix": [f"{x.op} ({', '.join(x.source)})" for x in glue.prefix.layers],
+            "tail": [f"{x.op} ({', '.join(x.source)})" for x in glue.tail.layers],
+            "note": "prefix and tail run on the host (PYNQ driver, edgeq compare) in float32 exactly as edgeq.emulate",
+        },
+        "totals": (ctx.cost or {}).get("totals"), "capacity": (ctx.cost or {}).get("capacity"),
+        "utilisation": (ctx.cost or {}).get("utilisation"), "timings_s": ctx.timings,
+    })
+    ctx.report.setdefault("tools", {"status": "not run"})
+    (ctx.tmp / "report.json").write_text(json.dumps(ctx.report, indent=2, default=str))
+    (ctx.tmp / "report.md").write_text(report_md(ctx.report))
+
+
+def report_md(r: dict) -> str:
+    cs = r.get("csim", {})
+    out = [f"# edgeq build: {r['model']} for {r['board']} ({r['part']} @ {r['clock_mhz']} MHz)", "",
+           f"**C simulation:** {cs.get('status', '?')}: {cs.get('mismatches', '?')} mismatching outputs over "
+           f"{cs.get('vectors', '?')} vectors ({cs.get('outputs_compared', '?')} values compared bit for bit with "
+           f"edgeq.emulate), {cs.get('seconds', '?')} s.", ""]
+    div = cs.get("first_divergence")
+    if div:
+        out += [f"First diverging layer: **{div['layer']}** ({div['op']}, ONNX {', '.join(div['onnx'])}), sample "
+                f"{div['sample']}, element {div['element']}: csim {div['csim_value']} ({div['csim_bits']}) vs "
+                f"emulator {div['emulator_value']} ({div['emulator_bits']}).", ""]
+    out += ["| layer | op | ONNX | in | out | MACs | DSP | LUT | BRAM36 |", "|---|---|---|---|---|---|---|---|---|"]
+    for lay in r["layers"]:
+        e = lay.get("estimate", {})
+        out.append(f"| {lay['name']} | {lay['op']} | {', '.join(lay['onnx'])} | {lay['input_format']} | "
+                   f"{lay['output_format']} | {lay['macs']:,} | {e.get('dsp', '')} | {e.get('lut', '')} | "
+                   f"{e.get('bram36', '')} |")
+    if r.get("totals"):
+        t, c = r["totals"], r.get("capacity") or {}
+        out += ["", "Estimated totals vs capacity: " + ", ".join(f"{k} {t[k]} / {c.get(k, '?')}" for k in t
+                                                                  if k in c)]
+    h = r["host"]
+    out += ["", "Host side (float32, exactly as the emulator): prefix " + (", ".join(h["prefix"]) or "none") +
+            "; tail " + (", ".join(h["tail"]) or "none") + ".", "", f"AMD tools: {r['tools'].get('status')}", ""]
+    return "\n".join(out)
+
+
+def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> dict:
+    """Run every step; returns the report. Raises EdgeqError (bad input) or BuildFailed (csim mismatch)."""
+    board = get_board(cfg.board)
+    if board.kind != "fpga":
+        raise EdgeqError(f"board '{board.name}' is a {board.kind} target; the MCU backend is not available yet. "
+                         "Choose an FPGA board (see `edgeq boards`)")
+    out = Path(cfg.out)
+    if out.exists() and not cfg.force:
+        raise EdgeqError(f"{out}: already exists; pass --force to replace it or choose another --out")
+    if not Path(cfg.model).exists():
+        raise EdgeqError(f"{cfg.model}: no such file; pass the path of a QONNX .onnx model")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    ctx = BuildContext(cfg, board, tmp, say)
+    try:
+        for name, fn in (("load", step_load), ("lower", step_lower), ("cost", step_cost), ("render", step_render),
+                         ("vectors", step_vectors), ("csim", step_csim)):
+            say(name)
+            t = time.perf_counter()
+            fn(ctx)
+            ctx.timings[name] = round(time.perf_counter() - t, 2)
+        info = build_info(ctx)
+        (tmp / "build.json").write_text(json.dumps(info, indent=2))
+        step_tool_files(ctx, info)
+        step_synth(ctx)
+        write_reports(ctx)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if ctx.report["csim"]["status"] != "pass":
+        div = ctx.report["csim"].get("first_divergence") or {}
+        raise BuildFailed(
+            f"csim differs from the emulator in {ctx.report['csim']['mismatches']} outputs; first diverging layer "
+            f"{div.get('layer', '?')} ({div.get('op', '?')}) element {div.get('element', '?')}: csim "
+            f"{div.get('csim_bits', '?')} vs emulator {div.get('emulator_bits', '?')}; see {out}/report.md"
+        )
+    return ctx.report

@@ -1,0 +1,394 @@
+"""Lower the edgeq IR to a fixed-point hardware design for the FPGA backend.
+
+The graph is split into ``prefix -> accelerator -> tail``:
+
+* **prefix** (host): float glue up to the first quantizer, e.g. bnn_pynq's ``2x-1`` -- the
+  accelerator's input format *is* that quantizer's format, so the preprocessing is absorbed exactly.
+* **accelerator**: every tensor is a fixed-point grid carried as integer codes.
+* **tail** (host): float glue after the last exact tensor (e.g. TensorNorm), in float32 exactly as
+  the emulator runs it (:class:`edgeq.host.HostGlue`).
+
+Inside the accelerator, float glue between an exact tensor and a quantizer (BatchNorm, ReLU, clips,
+element-wise constants, an average pool's division, Trunc) becomes integer **thresholds**: the
+composed float32 function is evaluated by the emulator itself on every possible input code (or
+binary-searched when the domain is huge), so the thresholds reproduce it exactly. A quantizer that
+directly follows an exact accumulator with an ap_fixed-equivalent format becomes an ap_fixed
+**cast**. Non-power-of-two scales on accelerator tensors cannot be exact in fixed point and are
+refused, naming the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeq.emulate import run_chain
+from edgeq.errors import EdgeqError
+from edgeq.formats import FixedPoint, Float32, Int
+from edgeq.host import HostGlue
+from edgeq.ingest import exact_fixed, grid_of
+from edgeq.ir import Graph, Layer
+
+#: element-wise float ops that may sit between an accumulator and a quantizer (all monotone per channel)
+GLUE_OPS = {"BatchNorm", "FloatOp", "Relu", "Clip"}
+#: the largest number of (channel, code) evaluations for exhaustive threshold derivation
+EXHAUSTIVE_LIMIT = 1 << 23
+
+
+@dataclass
+class HwTensor:
+    """An accelerator tensor: per-sample shape and the fixed-point format of its integer codes."""
+
+    name: str
+    shape: tuple[int, ...]
+    format: FixedPoint
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def ctype(self) -> str:
+        return container(self.format)[0]
+
+    @property
+    def dtype(self) -> str:
+        return container(self.format)[1]
+
+
+@dataclass
+class HwLayer:
+    """One accelerator layer. ``params`` holds integer arrays (weights, bias, thresholds)."""
+
+    name: str
+    op: str  # Conv2d, Dense, Threshold, Cast, MaxPool, SumPool, Relu, Add
+    inputs: list[str]
+    output: str
+    source: list[str]
+    ir_layers: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class HwDesign:
+    graph: Graph
+    tensors: dict[str, HwTensor]
+    layers: list[HwLayer]
+    input: str
+    output: str
+    glue: HostGlue
+    #: IR tensor whose emulator values each accelerator tensor must equal (for per-layer checks)
+    ir_tensor: dict[str, str]
+
+
+def container(fmt: FixedPoint) -> tuple[str, str]:
+    """(C type, numpy dtype) of the integer codes of ``fmt``."""
+    for n in (8, 16, 32, 64):
+        if fmt.width <= n:
+            return (f"int{n}_t" if fmt.signed else f"uint{n}_t"), (f"int{n}" if fmt.signed else f"uint{n}")
+    raise EdgeqError(f"{fmt} is wider than 64 bits; the FPGA backend supports up to 64-bit codes")
+
+
+def _node(layer: Layer) -> str:
+    return f"node '{layer.source[0]}' ({layer.op})"
+
+
+def _fixed_or_refuse(graph: Graph, tensor: str, layer: Layer) -> FixedPoint:
+    fmt = graph.tensors[tensor].format
+    fx = exact_fixed(fmt)
+    if fx is None:
+        raise EdgeqError(
+            f"{_node(layer)}: tensor '{tensor}' has format {fmt}, which is not exact in fixed point "
+            "(non-power-of-two scale or zero point); the FPGA needs power-of-two scales: use Brevitas "
+            "FixedPoint quantizers (e.g. Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint)"
+        )
+    return fx
+
+
+def _codes(values: np.ndarray, lsb: np.ndarray) -> np.ndarray:
+    c = np.asarray(values, dtype=np.float64) / lsb
+    r = np.rint(c)
+    assert np.array_equal(c, r), "values off their grid"
+    return r.astype(np.int64)
+
+
+def split(graph: Graph) -> tuple[list[Layer], list[Layer], list[Layer]]:
+    """(prefix, body, tail) layer lists; see the module docstring."""
+    layers = graph.layers
+    i = 0
+    while i < len(layers) and layers[i].op != "Quantize":
+        if layers[i].op not in GLUE_OPS | {"Reshape"}:
+            raise EdgeqError(f"{_node(layers[i])}: the input reaches a {layers[i].op} before any quantizer; "
+                             "quantize the input first (e.g. a Brevitas QuantIdentity)")
+        i += 1
+    if i == len(layers):
+        raise EdgeqError(f"{graph.source_path or graph.name}: no quantizer found; this is not a quantized model")
+    prefix = layers[: i + 1]
+    j = len(layers)
+    while j > i + 1 and isinstance(graph.tensors[layers[j - 1].output].format, Float32) and \
+            layers[j - 1].op in GLUE_OPS | {"Reshape"}:
+        j -= 1
+    body, tail = layers[i + 1 : j], layers[j:]
+    if not body:
+        raise EdgeqError(f"{graph.source_path or graph.name}: nothing to accelerate after the input quantizer")
+    return prefix, body, tail
+
+
+def _subgraph(graph: Graph, layers: list[Layer], inp: str, name: str) -> Graph:
+    names = {inp} | {lay.output for lay in layers}
+    out = layers[-1].output if layers else inp
+    return Graph(name, [inp], [out], {n: graph.tensors[n] for n in names}, list(layers), graph.source_path)
+
+
+class _Lowerer:
+    def __init__(self, graph: Graph, parallel: int):
+        self.g = graph
+        self.parallel = max(1, int(parallel))
+        self.tensors: dict[str, HwTensor] = {}
+        self.layers: list[HwLayer] = []
+        self.ir_tensor: dict[str, str] = {}
+
+    def hw(self, name: str) -> HwTensor:
+        if name not in self.tensors:
+            raise EdgeqError(f"tensor '{name}' is not computed on the accelerator")
+        return self.tensors[name]
+
+    def new_tensor(self, ir_name: str, fmt: FixedPoint, shape=None) -> HwTensor:
+        t = HwTensor(ir_name, tuple(shape if shape is not None else self.g.tensors[ir_name].shape), fmt)
+        self.tensors[ir_name] = t
+        self.ir_tensor[ir_name] = ir_name
+        return t
+
+    def add(self, op: str, ins: list[str], out: HwTensor, ir: list[Layer], **kw) -> HwLayer:
+        lay = HwLayer(ir[-1].name, op, list(ins), out.name,
+                      [s for x in ir for s in x.source], [x.name for x in ir], **kw)
+        self.layers.append(lay)
+        return lay
+
+    # -- the walk --------------------------------------------------------------------------------
+    def run(self, body: list[Layer], first: str) -> None:
+        consumers: dict[str, int] = {}
+        for lay in self.g.layers:
+            for t in lay.inputs:
+                consumers[t] = consumers.get(t, 0) + 1
+        i = 0
+        while i < len(body):
+            lay = body[i]
+            if lay.op in ("Conv2d", "Dense"):
+                self.mac(lay)
+            elif lay.op in ("Quantize", "Trunc") or lay.op in GLUE_OPS and not self.is_exact(lay):
+                # Collect float glue up to the quantizer that ends it.
+                j = i
+                while body[j].op in GLUE_OPS and not (body[j].op == "Relu" and self.is_exact(body[j])):
+                    if consumers.get(body[j].output, 0) != 1 or j + 1 >= len(body):
+                        raise EdgeqError(f"{_node(body[j])}: float32 result is used outside a "
+                                         "BatchNorm/activation -> quantizer chain; the FPGA cannot compute it exactly")
+                    j += 1
+                if body[j].op not in ("Quantize", "Trunc"):
+                    raise EdgeqError(f"{_node(body[j])}: expected a quantizer after float glue, found {body[j].op}")
+                self.requantize(body[i : j + 1])
+                i = j
+            elif lay.op == "AvgPool":
+                j = i + 1
+                while j < len(body) and body[j].op in GLUE_OPS:
+                    j += 1
+                if j >= len(body) or body[j].op not in ("Quantize", "Trunc"):
+                    raise EdgeqError(f"{_node(lay)}: an average pool must be followed by a quantizer or Trunc on FPGA")
+                self.avgpool(lay, body[i + 1 : j + 1])
+                i = j
+            elif lay.op == "Relu":
+                x = self.hw(lay.inputs[0])
+                self.add("Relu", [x.name], self.new_tensor(lay.output, x.format), [lay])
+            elif lay.op == "MaxPool":
+                x = self.hw(lay.inputs[0])
+                out = self.new_tensor(lay.output, x.format)
+                self.add("MaxPool", [x.name], out, [lay], attrs=dict(lay.attrs))
+            elif lay.op == "Reshape":  # C-order flatten: the same codes in the same order
+                x = self.hw(lay.inputs[0])
+                self.add("Reshape", [x.name], self.new_tensor(lay.output, x.format), [lay])
+            elif lay.op == "Add":
+                self.add_layer(lay)
+            else:
+                raise EdgeqError(f"{_node(lay)}: {lay.op} has no FPGA lowering; supported: Conv2d, Dense, "
+                                 "BatchNorm/activation -> quantizer, Quantize, Trunc, Relu, MaxPool, AvgPool, Add, "
+                                 "Flatten")
+            i += 1
+
+    def is_exact(self, lay: Layer) -> bool:
+        return lay.inputs[0] in self.tensors and not isinstance(self.g.tensors[lay.output].format, Float32)
+
+    def mac(self, lay: Layer) -> None:
+        x = self.hw(lay.inputs[0])
+        out_fmt = self.g.tensors[lay.output].format
+        if not isinstance(out_fmt, FixedPoint):
+            raise EdgeqError(
+                f"{_node(lay)}: its result is {out_fmt} (non-power-of-two scales or a float bias), which is not "
+                "exact in fixed point; use Brevitas FixedPoint quantizers (e.g. Int8WeightPerTensorFixedPoint) "
+                "and an Int32Bias"
+            )
+        _fixed_or_refuse(self.g, lay.inputs[0], lay)
+        lsb_w, _ = grid_of(lay.weight_format)
+        wfix = exact_fixed(lay.weight_format) if np.asarray(lsb_w).size == 1 else None
+        lsb_w = np.broadcast_to(np.asarray(lsb_w, dtype=np.float64), lay.weight.shape)
+        finest = float(lsb_w.min())
+        if not np.all(np.frexp(lsb_w / finest)[0] == 0.5):
+            raise EdgeqError(f"{_node(lay)}: weight scales are not powers of two; use FixedPoint weight quantizers")
+        w_codes = _codes(lay.weight, finest)  # per-channel power-of-two scales folded into the codes
+        out_lsb = float(x.format.eps) * finest
+        if abs(np.frexp(out_lsb)[1] - 1 + out_fmt.frac_bits) > 0:
+            raise AssertionError(f"{lay.name}: accumulator lsb mismatch")
+        params = {"weight": w_codes}
+        if lay.bias is not None:
+            params["bias"] = _codes(lay.bias, out_lsb)
+        w_bits = int(max(1, int(np.abs(w_codes).max())).bit_length() + 1) if w_codes.size else 1
+        if wfix is not None:
+            w_bits = wfix.width
+        out = self.new_tensor(lay.output, out_fmt)
+        attrs = dict(lay.attrs)
+        attrs.update(w_bits=w_bits, macs=lay.macs)
+        self.add(lay.op, [x.name], out, [lay], attrs=attrs, params=params)
+
+    def add_layer(self, lay: Layer) -> None:
+        a, b = (self.hw(t) for t in lay.inputs)
+        out_fmt = self.g.tensors[lay.output].format
+        if not isinstance(out_fmt, FixedPoint):
+            raise EdgeqError(f"{_node(lay)}: the inputs' scales do not align exactly in fixed point")
+        out = self.new_tensor(lay.output, out_fmt)
+        self.add("Add", [a.name, b.name], out, [lay],
+                 attrs={"shift_a": out_fmt.frac_bits - a.format.frac_bits,
+                        "shift_b": out_fmt.frac_bits - b.format.frac_bits})
+
+    # -- requantization ---------------------------------------------------------------------------
+    def out_fixed(self, q: Layer) -> FixedPoint:
+        fmt = self.g.tensors[q.output].format
+        fx = exact_fixed(fmt)
+        if fx is None:
+            raise EdgeqError(
+                f"{_node(q)}: quantizer format {fmt} has a non-power-of-two scale; the FPGA needs fixed point: use "
+                "Brevitas FixedPoint quantizers (e.g. Int8ActPerTensorFixedPoint)"
+            )
+        return fx
+
+    def requantize(self, chain: list[Layer]) -> None:
+        x = self.hw(chain[0].inputs[0])
+        q = chain[-1]
+        ofix = self.out_fixed(q)
+        fmt = self.g.tensors[q.output].format
+        direct = None
+        if len(chain) == 1 and q.op == "Quantize":
+            direct = fmt.as_fixed() if isinstance(fmt, Int) else fmt if isinstance(fmt, FixedPoint) else None
+        out = self.new_tensor(q.output, ofix)
+        if direct is not None:
+            # ap_fixed's own cast rule (e.g. AP_RND_CONV, AP_SAT) on the exact accumulator.
+            self.add("Cast", [x.name], out, chain, attrs={"cast_to": direct})
+            return
+        self.thresholds(x, chain, out, sum_count=None)
+
+    def avgpool(self, pool: Layer, chain: list[Layer]) -> None:
+        a = pool.attrs
+        x = self.hw(pool.inputs[0])
+        if a.get("global"):
+            kernel, strides, pads = list(x.shape[1:]), list(x.shape[1:]), [0, 0, 0, 0]
+        else:
+            kernel, strides, pads = a["kernel"], a["strides"], a["pads"]
+        if any(pads) or a.get("ceil_mode"):
+            raise EdgeqError(f"{_node(pool)}: padded or ceil-mode average pools are not supported on FPGA")
+        count = int(np.prod(kernel))
+        bound = max(-x.format.code_min, x.format.code_max) * count
+        width = int(bound).bit_length() + 1
+        sum_fmt = FixedPoint(width, width - x.format.frac_bits, True)
+        s = HwTensor(pool.output + "_sum", tuple(self.g.tensors[pool.output].shape), sum_fmt)
+        self.tensors[s.name] = s
+        self.add("SumPool", [x.name], s, [pool], attrs={"kernel": kernel, "strides": strides, "count": count})
+        out = self.new_tensor(chain[-1].output, self.out_fixed(chain[-1]))
+        self.thresholds(s, [pool] + chain, out, sum_count=count)
+
+    def thresholds(self, x: HwTensor, chain: list[Layer], out: HwTensor, sum_count: int | None) -> None:
+        """Integer thresholds reproducing ``chain`` (float glue -> quantizer) on every input code."""
+        g = self.g
+        channels = x.shape[0]
+        lo, hi = x.format.code_min, x.format.code_max
+        qfmt = out.format
+        qmin, qmax = qfmt.code_min, qfmt.code_max
+        levels = qmax - qmin
+        ndim = len(g.tensors[chain[0].inputs[0]].shape)
+
+        def f(codes: np.ndarray) -> np.ndarray:
+            """Output codes for input codes shaped (D, C)."""
+            v = codes.astype(np.float64) * x.format.eps
+            if sum_count is not None:  # AvgPool: the exact window sum, divided in float32 as the emulator does
+                v = (v.astype(np.float32) / np.float32(sum_count)).astype(np.float64)
+                rest = chain[1:]
+            else:
+                rest = chain
+            v = v.reshape(v.shape + (1,) * (ndim - 1))
+            y = run_chain(g, rest, v).reshape(codes.shape)
+            return qfmt.quantize_codes(y).astype(np.int64)
+
+        size = hi - lo + 1
+        if size * channels <= EXHAUSTIVE_LIMIT:
+            dom = np.arange(lo, hi + 1, dtype=np.int64)
+            table = np.empty((size, channels), dtype=np.int64)
+            step = max(1, (1 << 22) // channels)
+            for s in range(0, size, step):
+                d = dom[s : s + step]
+                table[s : s + step] = f(np.repeat(d[:, None], channels, axis=1))
+            inc = np.all(np.diff(table, axis=0) >= 0, axis=0)
+            dec = np.all(np.diff(table, axis=0) <= 0, axis=0)
+            if not np.all(inc | dec):
+                c = int(np.argmin(inc | dec))
+                raise EdgeqError(f"{_node(chain[-1])}: the float glue is not monotone in channel {c}; "
+                                 "it cannot become thresholds")
+            sign = np.where(inc, 1, -1)
+            # Threshold k (k = 1..levels): the first s*a at which the output code reaches qmin + k.
+            thr = np.empty((channels, levels), dtype=np.int64)
+            for c in range(channels):
+                col = table[:, c] if inc[c] else table[::-1, c]
+                keys = dom if inc[c] else -dom[::-1]
+                idx = np.searchsorted(col, qmin + np.arange(1, levels + 1), side="left")
+                thr[c] = np.where(idx < size, keys[np.minimum(idx, size - 1)], keys[-1] + 1)
+            exhaustive = True
+        else:  # binary search over the code domain, relying on monotone glue (checked at the ends)
+            ends = f(np.array([[lo] * channels, [hi] * channels], dtype=np.int64))
+            sign = np.where(ends[1] >= ends[0], 1, -1)
+            thr = np.empty((channels, levels), dtype=np.int64)
+            for k in range(1, levels + 1):
+                a = np.where(sign > 0, lo, -hi).astype(np.int64)
+                b = np.where(sign > 0, hi, -lo).astype(np.int64) + 1
+                while np.any(b - a > 0):
+                    mid = (a + b) // 2
+                    ok = f((mid * sign)[None, :])[0] >= qmin + k
+                    b = np.where(ok, mid, b)
+                    a = np.where(ok, a, mid + 1)
+                    a = np.minimum(a, b)
+                thr[:, k - 1] = a
+            exhaustive = False
+        base = qmin
+        self.add("Threshold", [x.name], out, chain,
+                 attrs={"levels": levels, "base": base, "exhaustive": exhaustive, "domain": [lo, hi]},
+                 params={"thresholds": thr, "sign": sign.astype(np.int64)})
+
+
+def lower(graph: Graph, parallel: int = 8) -> HwDesign:
+    """Lower ``graph`` for the FPGA. Raises EdgeqError naming the node for anything not exact."""
+    prefix, body, tail = split(graph)
+    inq = prefix[-1]
+    in_fix = exact_fixed(graph.tensors[inq.output].format)
+    if in_fix is None:
+        raise EdgeqError(f"{_node(inq)}: input quantizer format {graph.tensors[inq.output].format} is not exact in "
+                         "fixed point; use a FixedPoint input quantizer (e.g. Int8ActPerTensorFixedPoint)")
+    low = _Lowerer(graph, parallel)
+    low.new_tensor(inq.output, in_fix)
+    low.run(body, inq.output)
+    last = body[-1].output
+    out_t = low.hw(last)
+    glue = HostGlue(
+        prefix=_subgraph(graph, prefix, graph.inputs[0], "prefix"),
+        tail=_subgraph(graph, tail, last, "tail"),
+        in_format=in_fix, out_format=out_t.format,
+        in_dtype=container(in_fix)[1], out_dtype=out_t.dtype,
+    )
+    return HwDesign(graph, low.tensors, low.layers, inq.output, out_t.name, glue, low.ir_tensor)

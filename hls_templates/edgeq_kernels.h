@@ -1,0 +1,151 @@
+// edgeq HLS kernels: loop-based layer templates over integer codes.
+//
+// Every tensor is carried as the integer codes of its fixed-point format (value = code * 2^-F,
+// F known at generation time). Multiply-accumulate runs on those codes in an accumulator type the
+// generator proves wide enough, so it is exact in any order. Rounding and overflow happen only in
+// edgeq_cast(), which is ap_fixed's own conversion (AP_RND_CONV, AP_SAT, ...): the one rounding
+// rule in the generated code, the same one edgeq's emulator models.
+//
+// The loops are written for synthesis (PIPELINE/UNROLL pragmas) and compile quickly with g++ for
+// C simulation: no giant unrolled bodies, weights as plain integer arrays.
+#ifndef EDGEQ_KERNELS_H
+#define EDGEQ_KERNELS_H
+
+#include <stdint.h>
+
+// ---- Conv2d (NCHW codes, weights [COUT][CIN/G][KH][KW]) -------------------------------------
+template <typename XT, typename WT, typename BT, typename AT, typename YT, int CIN, int H, int W, int COUT,
+          int KH, int KW, int SH, int SW, int PT, int PL, int DH, int DW, int G, int OH, int OW, bool HAS_BIAS>
+void edgeq_conv2d(const XT x[CIN * H * W], const WT w[COUT * (CIN / G) * KH * KW], const BT bias[COUT],
+                  YT y[COUT * OH * OW]) {
+    const int CG = CIN / G, OG = COUT / G;
+conv_co:
+    for (int co = 0; co < COUT; co++) {
+        const int g = co / OG;
+    conv_oh:
+        for (int oh = 0; oh < OH; oh++) {
+        conv_ow:
+            for (int ow = 0; ow < OW; ow++) {
+                AT acc = HAS_BIAS ? (AT)bias[co] : (AT)0;
+            conv_ci:
+                for (int ci = 0; ci < CG; ci++) {
+#pragma HLS PIPELINE II = 1
+                conv_kh:
+                    for (int kh = 0; kh < KH; kh++) {
+#pragma HLS UNROLL
+                    conv_kw:
+                        for (int kw = 0; kw < KW; kw++) {
+#pragma HLS UNROLL
+                            const int ih = oh * SH - PT + kh * DH, iw = ow * SW - PL + kw * DW;
+                            if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                                acc += (AT)x[((g * CG + ci) * H + ih) * W + iw] *
+                                       (AT)w[((co * CG + ci) * KH + kh) * KW + kw];
+                        }
+                    }
+                }
+                y[(co * OH + oh) * OW + ow] = (YT)acc;
+            }
+        }
+    }
+}
+
+// ---- Dense: y[N] = x[K] . w[K][N] (+ bias) ---------------------------------------------------
+template <typename XT, typename WT, typename BT, typename AT, typename YT, int K, int N, int P, bool HAS_BIAS>
+void edgeq_dense(const XT x[K], const WT w[K * N], const BT bias[N], YT y[N]) {
+dense_n:
+    for (int n = 0; n < N; n++) {
+        AT acc = HAS_BIAS ? (AT)bias[n] : (AT)0;
+    dense_k:
+        for (int k = 0; k < K; k++) {
+#pragma HLS PIPELINE II = 1
+#pragma HLS UNROLL factor = P
+            acc += (AT)x[k] * (AT)w[k * N + n];
+        }
+        y[n] = (YT)acc;
+    }
+}
+
+// ---- Threshold: y = base + #{k : s*x >= T[c][k]} (folded BatchNorm/activation + quantizer) ----
+template <typename XT, typename TT, typename YT, int C, int HW, int L>
+void edgeq_threshold(const XT x[C * HW], const TT thr[C * L], const int8_t sign[C], int base, YT y[C * HW]) {
+thr_c:
+    for (int c = 0; c < C; c++) {
+    thr_i:
+        for (int i = 0; i < HW; i++) {
+#pragma HLS PIPELINE II = 1
+            const TT v = sign[c] > 0 ? (TT)x[c * HW + i] : (TT)(-(TT)x[c * HW + i]);
+            int q = base;
+        thr_k:
+            for (int k = 0; k < L; k++) {
+#pragma HLS UNROLL
+                q += (v >= thr[c * L + k]) ? 1 : 0;
+            }
+            y[c * HW + i] = (YT)q;
+        }
+    }
+}
+
+// ---- MaxPool on codes (order-preserving): padding never wins ---------------------------------
+template <typename T, int C, int H, int W, int KH, int KW, int SH, int SW, int PT, int PL, int OH, int OW>
+void edgeq_maxpool(const T x[C * H * W], T y[C * OH * OW], T lowest) {
+mp_c:
+    for (int c = 0; c < C; c++)
+    mp_oh:
+        for (int oh = 0; oh < OH; oh++)
+        mp_ow:
+            for (int ow = 0; ow < OW; ow++) {
+#pragma HLS PIPELINE II = 1
+                T m = lowest;
+                for (int kh = 0; kh < KH; kh++)
+                    for (int kw = 0; kw < KW; kw++) {
+                        const int ih = oh * SH - PT + kh, iw = ow * SW - PL + kw;
+                        if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
+                            const T v = x[(c * H + ih) * W + iw];
+                            m = v > m ? v : m;
+                        }
+                    }
+                y[(c * OH + oh) * OW + ow] = m;
+            }
+}
+
+// ---- SumPool: exact window sums (an average pool's numerator; the division is in the thresholds) -
+template <typename XT, typename YT, int C, int H, int W, int KH, int KW, int SH, int SW, int OH, int OW>
+void edgeq_sumpool(const XT x[C * H * W], YT y[C * OH * OW]) {
+sp_c:
+    for (int c = 0; c < C; c++)
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+#pragma HLS PIPELINE II = 1
+                YT s = 0;
+                for (int kh = 0; kh < KH; kh++)
+                    for (int kw = 0; kw < KW; kw++) s += (YT)x[(c * H + oh * SH + kh) * W + ow * SW + kw];
+                y[(c * OH + oh) * OW + ow] = s;
+            }
+}
+
+// ---- Element-wise -----------------------------------------------------------------------------
+template <typename T, int N>
+void edgeq_relu(const T x[N], T y[N]) {
+    for (int i = 0; i < N; i++) {
+#pragma HLS PIPELINE II = 1
+        y[i] = x[i] > 0 ? x[i] : (T)0;
+    }
+}
+
+template <typename AT, typename BT, typename YT, int N, int SA, int SB>
+void edgeq_add(const AT a[N], const BT b[N], YT y[N]) {
+    for (int i = 0; i < N; i++) {
+#pragma HLS PIPELINE II = 1
+        y[i] = (YT)a[i] * ((YT)1 << SA) + (YT)b[i] * ((YT)1 << SB);  // aligned binary points: exact
+    }
+}
+
+template <typename T, int N>
+void edgeq_copy(const T x[N], T y[N]) {
+    for (int i = 0; i < N; i++) {
+#pragma HLS PIPELINE II = 1
+        y[i] = x[i];
+    }
+}
+
+#endif
