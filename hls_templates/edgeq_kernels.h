@@ -66,7 +66,9 @@ dense_n:
 }
 
 // ---- Threshold: y = base + #{k : s*x >= T[c][k]} (folded BatchNorm/activation + quantizer) ----
-template <typename XT, typename TT, typename YT, int C, int HW, int L>
+// The thresholds of a channel are sorted, so the count is an upper bound: up to 15 levels it is a
+// row of parallel comparators; beyond, a binary search of LOG2 = ceil(log2(L+1)) comparisons.
+template <typename XT, typename TT, typename YT, int C, int HW, int L, int LOG2>
 void edgeq_threshold(const XT x[C * HW], const TT thr[C * L], const int8_t sign[C], int base, YT y[C * HW]) {
 thr_c:
     for (int c = 0; c < C; c++) {
@@ -74,13 +76,30 @@ thr_c:
         for (int i = 0; i < HW; i++) {
 #pragma HLS PIPELINE II = 1
             const TT v = sign[c] > 0 ? (TT)x[c * HW + i] : (TT)(-(TT)x[c * HW + i]);
-            int q = base;
-        thr_k:
-            for (int k = 0; k < L; k++) {
+            int q = 0;
+            if (L <= 15) {
+            thr_k:
+                for (int k = 0; k < L; k++) {
 #pragma HLS UNROLL
-                q += (v >= thr[c * L + k]) ? 1 : 0;
+                    q += (v >= thr[c * L + k]) ? 1 : 0;
+                }
+            } else {
+                int len = L;
+            thr_search:
+                for (int step = 0; step < LOG2; step++) {
+#pragma HLS UNROLL
+                    if (len > 0) {
+                        const int half = len >> 1;
+                        if (thr[c * L + q + half] <= v) {
+                            q += half + 1;
+                            len -= half + 1;
+                        } else {
+                            len = half;
+                        }
+                    }
+                }
             }
-            y[c * HW + i] = (YT)q;
+            y[c * HW + i] = (YT)(base + q);
         }
     }
 }

@@ -103,8 +103,9 @@ def cost_rows(design) -> list[dict]:
             parallel = int(np.prod(kernel))
         elif lay.op == "Dense":
             parallel = max(1, min(int(w.shape[0]), 8))
-        elif lay.op == "Threshold":
-            parallel = int(thr.shape[1])
+        elif lay.op == "Threshold":  # a comparator row up to 15 levels, else a binary search
+            levels = int(thr.shape[1])
+            parallel = levels if levels <= 15 else max(1, levels.bit_length())
         rows.append({
             "name": lay.name, "op": lay.op, "in_bits": x.format.width,
             "w_bits": int(lay.attrs.get("w_bits", 0)), "acc_bits": y.format.width if lay.op in ("Conv2d", "Dense")

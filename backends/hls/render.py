@@ -194,7 +194,8 @@ class Renderer:
             c = thr.shape[0]
             hw = x.elements // c
             tt = _thr_type(thr)
-            body = (f"    edgeq_threshold<{xt}, {tt}, {yt}, {c}, {hw}, {a['levels']}>"
+            log2 = max(1, int(a["levels"]).bit_length())
+            body = (f"    edgeq_threshold<{xt}, {tt}, {yt}, {c}, {hw}, {a['levels']}, {log2}>"
                     f"(x0, {name}_thresholds, {name}_sign, {a['base']}, y);")
         elif lay.op == "Cast":
             fx_in: FixedPoint = x.format
