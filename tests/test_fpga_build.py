@@ -43,7 +43,6 @@ def test_build_for_ultra96_is_bit_exact_in_csim(exported, tmp_path, key):
 
 def test_residual_add_and_truncating_average_pool_lower_to_exact_hardware_layers(exported, tmp_path):
     from edgeq.backends.hls.lower import lower
-
     from edgeq.ingest import load
 
     path, _, _ = exported("fixed", 0, 8, "power_of_two")
