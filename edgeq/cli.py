@@ -194,15 +194,17 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 @click.option("--synth", is_flag=True, help="Also run vitis_hls/vivado when they are on PATH.")
 @click.option("--allow-over-budget", is_flag=True, help="Warn instead of failing when the estimate exceeds the board.")
+@click.option("--trace", is_flag=True, help="Debug build: trace every layer in csim, compare each with the emulator.")
 @click.pass_obj
 def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, n_vectors: int, seed: int,
-          force: bool, synth: bool, allow_over_budget: bool) -> None:
+          force: bool, synth: bool, allow_over_budget: bool, trace: bool) -> None:
     """Build MODEL for BOARD into DIR and prove it bit-exact against the emulator (C simulation)."""
     from edgeq.backends.hls.build import BuildConfig, BuildFailed
     from edgeq.backends.hls.build import build as run_build
 
     cfg = BuildConfig(model=Path(model), board=board, out=Path(out_dir), vectors=Path(vectors) if vectors else None,
-                      n_vectors=n_vectors, seed=seed, force=force, synth=synth, allow_over_budget=allow_over_budget)
+                      n_vectors=n_vectors, seed=seed, force=force, synth=synth, allow_over_budget=allow_over_budget,
+                      trace=trace)
     steps = ["load", "lower", "cost", "render", "vectors", "csim"]
     with _progress(ctx, f"building for {board}", len(steps)) as update:
         def say(step: str) -> None:

@@ -108,3 +108,43 @@ def test_bad_build_inputs_give_one_line_exit_2_and_leave_no_directory(exported, 
     res = edgeq_cli("build", path, "--board", "qemu-rv32", "--out", tmp_path / "d")
     assert res.returncode == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def big_dense(tmp_path_factory):
+    """An 8-bit 1024x1024 fixed-point Dense: 8 Mbit of weights, more block RAM than a ZU3EG has."""
+    import torch
+    from brevitas import nn as qnn
+    from brevitas.quant.fixed_point import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint
+
+    import edgeq
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True),
+                              qnn.QuantLinear(1024, 1024, bias=False, weight_quant=Int8WeightPerTensorFixedPoint))
+    path = tmp_path_factory.mktemp("big") / "big_dense.onnx"
+    edgeq.export(net.eval(), torch.zeros(1, 1024), path)
+    return path
+
+
+def test_over_budget_is_refused_naming_the_layer_unless_allowed(big_dense, tmp_path):
+    res = edgeq_cli("build", big_dense, "--board", "ultra96", "--out", tmp_path / "a")
+    assert res.returncode == 2 and "does not fit ultra96" in res.stderr and "BRAM" in res.stderr.upper()
+    assert "MatMul" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+    res = edgeq_cli("build", big_dense, "--board", "ultra96", "--out", tmp_path / "b", "--allow-over-budget",
+                    "--n-vectors", "8")
+    assert res.returncode == 0 and "warning" in res.stderr
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert rep["totals"]["bram36"] > rep["capacity"]["bram36"] and rep["csim"]["status"] == "pass"
+
+
+def test_debug_build_traces_and_checks_every_layer(exported, tmp_path):
+    path, _, _ = exported("bnn_pynq", "sfc_2w2a", 0)
+    res = edgeq_cli("build", path, "--board", "pynq-z2", "--out", tmp_path / "p", "--trace", "--n-vectors", "16")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((tmp_path / "p" / "report.json").read_text())
+    layers = rep["csim"]["layers"]
+    assert len(layers) >= len([x for x in rep["layers"] if x["op"] != "Reshape"]) - 1
+    assert all(r["mismatching_elements"] == 0 and r["elements"] > 0 for r in layers)
+    assert rep["part"] == "xc7z020clg400-1"

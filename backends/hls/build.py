@@ -49,6 +49,7 @@ class BuildConfig:
     parallel: int = 8
     synth: bool = False
     allow_over_budget: bool = False
+    trace: bool = False
     jobs: int = max(1, min(2, os.cpu_count() or 1))
 
 
@@ -220,32 +221,37 @@ def _bits(fmt, codes: np.ndarray) -> list[str]:
     return [format(int(c) & mask, f"0{fmt.width}b") for c in np.ravel(codes)]
 
 
-def first_divergence(ctx: BuildContext, trace_dir: Path) -> dict | None:
-    """Compare every layer's csim trace with the emulator; the first differing layer and element."""
+def compare_traces(ctx: BuildContext, trace_dir: Path) -> list[dict]:
+    """Every traced layer's csim codes against the emulator's: per-layer mismatch counts, in layer order,
+    with the first differing element (sample, element, values, bit patterns) where there is one."""
     d = ctx.design
     names = ctx.hls["layer_names"]
     n = len(ctx.x)
+    rows = []
     for lay in d.layers:
         t = d.tensors[lay.output]
         f = trace_dir / f"{names[lay.name]}.bin"
-        if not f.exists():
-            continue
-        got = np.fromfile(f, dtype=t.dtype).reshape(n, -1).astype(np.int64)
         ir_name = d.ir_tensor.get(lay.output)
         ir_layer = next((x for x in ctx.graph.layers if x.output == ir_name), None)
-        if ir_layer is None or ir_layer.name not in ctx.trace:
+        if not f.exists() or ir_layer is None or ir_layer.name not in ctx.trace:
             continue
+        got = np.fromfile(f, dtype=t.dtype).reshape(n, -1).astype(np.int64)
         want = t.format.quantize_codes(ctx.trace[ir_layer.name].reshape(n, -1)).astype(np.int64)
         bad = np.argwhere(got != want)
+        row = {"layer": lay.name, "op": lay.op, "onnx": lay.source, "format": str(t.format),
+               "mismatching_elements": int(len(bad)), "elements": int(got.size)}
         if len(bad):
             s, e = (int(v) for v in bad[0])
-            return {"layer": lay.name, "op": lay.op, "onnx": lay.source, "sample": s, "element": e,
-                    "format": str(t.format), "csim_code": int(got[s, e]), "emulator_code": int(want[s, e]),
-                    "csim_value": float(t.format.decode(got[s, e])),
-                    "emulator_value": float(t.format.decode(want[s, e])),
-                    "csim_bits": _bits(t.format, got[s, e])[0], "emulator_bits": _bits(t.format, want[s, e])[0],
-                    "mismatching_elements": int(len(bad))}
-    return None
+            row.update(sample=s, element=e, csim_code=int(got[s, e]), emulator_code=int(want[s, e]),
+                       csim_value=float(t.format.decode(got[s, e])), emulator_value=float(t.format.decode(want[s, e])),
+                       csim_bits=_bits(t.format, got[s, e])[0], emulator_bits=_bits(t.format, want[s, e])[0])
+        rows.append(row)
+    return rows
+
+
+def first_divergence(ctx: BuildContext, trace_dir: Path) -> dict | None:
+    """The first layer (in execution order) whose csim trace differs from the emulator."""
+    return next((r for r in compare_traces(ctx, trace_dir) if r["mismatching_elements"]), None)
 
 
 def step_csim(ctx: BuildContext) -> None:
@@ -264,11 +270,13 @@ def step_csim(ctx: BuildContext) -> None:
     csim = {"status": "pass" if mismatches == 0 else "fail", "vectors": int(len(ctx.x)), "mismatches": mismatches,
             "outputs_compared": int(got.size), "compile_seconds": round(t_compile, 2),
             "seconds": round(time.perf_counter() - t0, 2), "compiler": "g++", "ap_types": "hls4ml wheel"}
-    if mismatches:
+    if mismatches or ctx.cfg.trace:  # debug build: trace every layer and compare each with the emulator
         trace_dir = ctx.tmp / "csim" / "trace"
         trace_dir.mkdir(exist_ok=True)
         run_csim(ctx.tmp, exe, codes, out_t.elements, out_t.dtype, 1, trace_dir)
-        csim["first_divergence"] = first_divergence(ctx, trace_dir)
+        rows = compare_traces(ctx, trace_dir)
+        csim["layers"] = [{k: r[k] for k in ("layer", "op", "mismatching_elements", "elements")} for r in rows]
+        csim["first_divergence"] = next((r for r in rows if r["mismatching_elements"]), None)
     ctx.report["csim"] = csim
 
 
