@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.edgeq-setup
 # torch must come first, and exactly this version: it is a local CPU wheel. Any other request
 # may pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
-# Debian packages later backends need (RISC-V clang, QEMU, dtc). Empty for now: g++ ships with the image.
+# Debian packages later backends need (RISC-V clang, QEMU, dtc). g++ (csim) and tclsh (TCL checks) are
+# installed above when missing.
 APT_PACKAGES ?=
 
 .PHONY: setup demo test lint bench clean
@@ -19,6 +20,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@command -v g++ >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends g++)
+	@command -v tclsh >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends tcl)
 	@if [ -n "$(APT_PACKAGES)" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -205,7 +205,7 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
     cfg = BuildConfig(model=Path(model), board=board, out=Path(out_dir), vectors=Path(vectors) if vectors else None,
                       n_vectors=n_vectors, seed=seed, force=force, synth=synth, allow_over_budget=allow_over_budget,
                       trace=trace)
-    steps = ["load", "lower", "cost", "render", "vectors", "csim"]
+    steps = ["load", "lower", "cost", "vectors", "render", "csim"]
     with _progress(ctx, f"building for {board}", len(steps)) as update:
         def say(step: str) -> None:
             update(steps.index(step), len(steps))
@@ -219,6 +219,33 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
         click.echo(f"edgeq: warning: {w}", err=True)
     click.echo(f"{out_dir}: csim {cs['status']} ({cs['mismatches']} mismatches over {cs['vectors']} vectors, "
                f"{cs['seconds']} s); AMD tools: {report['tools']['status']}")
+
+
+@cli.command()
+@click.argument("project_dir", metavar="DIR")
+@click.option("--hw-outputs", default=None, metavar="FILE",
+              help="Decoded float64 outputs to check (default DIR/hw_outputs.npy, written by driver/run_on_board.py; "
+                   "DIR/csim/outputs.npy is the C simulation's).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Write a PNG of the error per output (and per layer when csim traces exist).")
+@click.pass_obj
+def compare(ctx: _Ctx, project_dir: str, hw_outputs: str | None, as_json: bool, plot_path: str | None) -> None:
+    """Compare hardware outputs with the emulator bit for bit (exit 0 identical, 1 any difference).
+
+    DIR is a project written by `edgeq build`; the reference is edgeq.emulate re-run on DIR/model.onnx and
+    DIR/vectors/input.npy.
+    """
+    from edgeq.backends.hls.compare import compare_project, plot, summary_text
+
+    with _progress(ctx, "emulating the reference", 1) as update:
+        summary = compare_project(project_dir, hw_outputs, progress=update)
+    if plot_path:
+        plot(summary, plot_path)
+    click.echo(json.dumps(summary, indent=2, allow_nan=False) if as_json else summary_text(summary))
+    if plot_path and not ctx.quiet:
+        click.echo(f"wrote {plot_path}", err=True)
+    sys.exit(0 if summary["identical"] else 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,7 +34,11 @@ class HostGlue:
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Float inputs (batch first) -> integer codes of the accelerator input, (batch, elements)."""
-        v = emulate(self.prefix, np.asarray(x)) if self.prefix.layers else np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
+        if tuple(x.shape[1:]) != tuple(self.prefix.input.shape):
+            raise EdgeqError(f"inputs have shape {tuple(x.shape)}; the model takes (batch, "
+                             f"{', '.join(map(str, self.prefix.input.shape))})")
+        v = emulate(self.prefix, x) if self.prefix.layers else x.astype(np.float64)
         codes = self.in_format.quantize_codes(v)  # exact: v already lies on the input grid
         return codes.reshape(len(codes), -1).astype(self.in_dtype)
 

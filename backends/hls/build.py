@@ -1,6 +1,6 @@
 """``edgeq build`` for FPGA boards: a list of named steps over one build context.
 
-Steps: load -> lower -> cost -> render -> vectors -> csim -> tool files -> synth (optional) ->
+Steps: load -> lower -> cost -> vectors -> render -> csim -> tool files -> synth (optional) ->
 report. The project is written into a temporary directory next to the destination and renamed
 into place at the end, so a failed build never leaves a half-written directory. The C simulation
 (g++ against the ap_types headers of the installed hls4ml wheel) runs on every build and must be
@@ -132,7 +132,7 @@ def step_cost(ctx: BuildContext) -> None:
 def step_render(ctx: BuildContext) -> None:
     from edgeq.backends.hls.render import render
 
-    ctx.hls = render(ctx.design, ctx.tmp)
+    ctx.hls = render(ctx.design, ctx.tmp, len(ctx.x))
     ctx.design.glue.save(ctx.tmp / "host")
 
 
@@ -426,8 +426,8 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> dict
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     ctx = BuildContext(cfg, board, tmp, say)
     try:
-        for name, fn in (("load", step_load), ("lower", step_lower), ("cost", step_cost), ("render", step_render),
-                         ("vectors", step_vectors), ("csim", step_csim)):
+        for name, fn in (("load", step_load), ("lower", step_lower), ("cost", step_cost), ("vectors", step_vectors),
+                         ("render", step_render), ("csim", step_csim)):
             say(name)
             t = time.perf_counter()
             fn(ctx)

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from edgeq.backends.hls.lower import HwDesign, HwLayer, HwTensor, container
 
+from edgeq.backends.hls.lower import HwDesign, HwLayer, HwTensor, container
 from edgeq.formats import FixedPoint
 
 TOP = "edgeq_top"
@@ -71,8 +71,9 @@ def _array(ctype: str, name: str, a: np.ndarray) -> str:
 
 
 class Renderer:
-    def __init__(self, design: HwDesign):
+    def __init__(self, design: HwDesign, n_vectors: int = 64):
         self.d = design
+        self.n = max(1, int(n_vectors))
         self.tname: dict[str, str] = {}
         for i, t in enumerate(design.tensors.values()):
             self.tname[t.name] = f"t{i}"
@@ -254,8 +255,9 @@ class Renderer:
                  "#define EDGEQ_TRACE(name, buf) edgeq_trace(name, buf, sizeof(buf))", "#else",
                  "#define EDGEQ_TRACE(name, buf)", "#endif", "",
                  f"void {TOP}(const edgeq_in_t *inp, edgeq_out_t *outp, int n) {{",
-                 f"#pragma HLS INTERFACE m_axi port = inp offset = slave bundle = gmem0 depth = {i.elements}",
-                 f"#pragma HLS INTERFACE m_axi port = outp offset = slave bundle = gmem1 depth = {o.elements}",
+                 # depth: how many elements C/RTL co-simulation exchanges (all test vectors)
+                 f"#pragma HLS INTERFACE m_axi port = inp offset = slave bundle = gmem0 depth = {i.elements * self.n}",
+                 f"#pragma HLS INTERFACE m_axi port = outp offset = slave bundle = gmem1 depth = {o.elements * self.n}",
                  "#pragma HLS INTERFACE s_axilite port = inp bundle = control",
                  "#pragma HLS INTERFACE s_axilite port = outp bundle = control",
                  "#pragma HLS INTERFACE s_axilite port = n bundle = control",
@@ -305,9 +307,9 @@ int main(int argc, char **argv) {{
 """
 
 
-def render(design: HwDesign, root: Path) -> dict[str, list[str]]:
+def render(design: HwDesign, root: Path, n_vectors: int = 64) -> dict[str, list[str]]:
     """Write the HLS sources into ``root``; returns the build.json ``hls`` section (paths relative to root)."""
-    r = Renderer(design)
+    r = Renderer(design, n_vectors)
     info = r.write(root)
     info["cflags"] = ["-O2", "-std=c++14"]
     info["layer_names"] = {lay.name: r.lname[lay.name] for lay in design.layers}

@@ -1,0 +1,317 @@
+"""``edgeq compare``: check an accelerator's outputs bit for bit against the emulator.
+
+The project directory is one written by ``edgeq build``. The outputs under test are the decoded
+float64 outputs the PYNQ driver writes (``DIR/hw_outputs.npy``, batch first, the ``edgeq emulate``
+convention) or any file of the same shape, e.g. the C simulation's ``DIR/csim/outputs.npy``.
+The reference is recomputed here: ``edgeq.emulate`` runs ``DIR/model.onnx`` on ``DIR/vectors/input.npy``;
+``DIR/vectors/expected.npy`` (what the build wrote) is only checked for agreement and reported.
+
+Equality is on float64 bit patterns: ``-0.0`` differs from ``0.0``, and NaN equals NaN only with
+the same bits. When the C simulation left per-layer traces (``DIR/csim/trace/<layer>.bin``, written by
+the build when csim and emulator differ), they are compared layer by layer with the emulator too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.emulate import emulate
+from edgeq.errors import EdgeqError
+from edgeq.ingest import load
+
+HW_OUTPUTS = "hw_outputs.npy"
+
+
+def _num(v: float) -> float | str:
+    """A JSON-safe float: finite values as numbers, NaN and infinities as strings."""
+    v = float(v)
+    return v if np.isfinite(v) else repr(v)
+
+
+def _hex(v: np.float64) -> str:
+    return f"0x{int(np.asarray(v, dtype=np.float64).view(np.uint64)):016x}"
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise EdgeqError(f"{path}: no such file ({what})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EdgeqError(f"{path}: not a readable .npy array ({reason})") from None
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _as_outputs(arr: np.ndarray, path: Path, shape: tuple[int, ...], note: str) -> np.ndarray:
+    """``arr`` as float64 of ``shape`` (batch first); also accepts the per-sample-flattened (n, elements)."""
+    if arr.dtype.kind in "iub":
+        raise EdgeqError(f"{path}: holds {arr.dtype} values, expected the decoded float64 outputs of shape "
+                         f"{_shape_str(shape)}{note}; raw accelerator codes are decoded by scripts/check_outputs.py")
+    if arr.dtype.kind != "f":
+        raise EdgeqError(f"{path}: holds {arr.dtype} values, expected float64 outputs of shape {_shape_str(shape)}")
+    flat = (shape[0], int(np.prod(shape[1:], dtype=np.int64)))
+    if arr.shape == shape or arr.shape == flat:
+        return arr.astype(np.float64).reshape(shape)  # float16/32 widen exactly
+    raise EdgeqError(f"{path}: has shape {_shape_str(arr.shape)}, expected {_shape_str(shape)}{note}")
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64).view(np.uint64) == \
+        np.ascontiguousarray(b, dtype=np.float64).view(np.uint64)
+
+
+def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.abs(a - b)
+    return np.where(np.isnan(d), np.inf, d)  # NaN against a number (or NaNs with other bits): not finite
+
+
+def _max(d: np.ndarray) -> float | None:
+    """Largest finite entry of ``d`` (None when there is none)."""
+    d = d[np.isfinite(d)]
+    return float(d.max()) if d.size else None
+
+
+def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Compare the outputs in ``hw_outputs`` (default ``DIR/hw_outputs.npy``) with the emulator, bit for bit.
+
+    Returns a JSON-serialisable summary (see :func:`summary_text` for the human form). Raises
+    :class:`EdgeqError` for unusable input (missing directory, missing or corrupt .npy, wrong shape).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise EdgeqError(f"{d}: no such directory; pass a project directory written by `edgeq build --out DIR`")
+    model = d / "model.onnx"
+    if not model.is_file():
+        raise EdgeqError(f"{d}: not an edgeq build project ({model.name} is missing); pass the --out directory "
+                         "of `edgeq build`")
+    graph = load(model)
+    in_shape, out_shape = tuple(graph.input.shape), tuple(graph.output.shape)
+
+    x_path = d / "vectors" / "input.npy"
+    x = _load_npy(x_path, "the build's test inputs; rebuild the project with `edgeq build`")
+    if x.dtype.kind not in "fiu" or x.ndim != len(in_shape) + 1 or tuple(x.shape[1:]) != in_shape:
+        raise EdgeqError(f"{x_path}: has shape {_shape_str(x.shape)} and dtype {x.dtype}, expected a float array of "
+                         f"shape {_shape_str(('n',) + in_shape)} for the model input '{graph.input.name}'")
+    n = len(x)
+    shape = (n,) + out_shape
+
+    hw_path = Path(hw_outputs) if hw_outputs is not None else d / HW_OUTPUTS
+    if hw_outputs is None and not hw_path.is_file():
+        raise EdgeqError(f"{hw_path}: no such file; run driver/run_on_board.py on the board and copy its "
+                         f"{HW_OUTPUTS} here, or pass --hw-outputs (e.g. {d / 'csim' / 'outputs.npy'})")
+    raw = _load_npy(hw_path, "the outputs to check")
+    got = _as_outputs(raw, hw_path, shape,
+                      f" ({n} vectors in {x_path.relative_to(d)} x model output {_shape_str(out_shape)})")
+
+    trace_dir = d / "csim" / "trace"
+    traces = trace_dir.is_dir() and any(trace_dir.glob("*.bin"))
+    res = emulate(graph, x, trace=traces, progress=progress)
+    want, emulated = (res if traces else (res, None))
+    want = np.asarray(want, dtype=np.float64).reshape(shape)
+
+    # What the build stored: informational; the reference is the fresh emulation above.
+    exp_path = d / "vectors" / "expected.npy"
+    expected_agrees: bool | None = None
+    if exp_path.is_file():
+        exp = _load_npy(exp_path, "the build's expected outputs")
+        expected_agrees = bool(exp.dtype == np.float64 and exp.shape == shape and np.all(_same_bits(exp, want)))
+
+    g2, w2 = got.reshape(n, -1), want.reshape(n, -1)
+    bad = ~_same_bits(g2, w2)
+    diff = np.where(bad, _abs_diff(g2, w2), 0.0)
+    mism = int(bad.sum())
+    per_output = []
+    for j in range(g2.shape[1]):
+        col = diff[bad[:, j], j]
+        per_output.append({"output": j, "mismatches": int(bad[:, j].sum()),
+                           "max_abs_diff": _max(col) if col.size else 0.0,
+                           "nonfinite": int(np.sum(~np.isfinite(col)))})
+    first = None
+    if mism:
+        s, j = (int(v) for v in np.argwhere(bad)[0])
+        first = {"vector": s, "output": j, "position": [int(i) for i in np.unravel_index(j, out_shape)],
+                 "hw": _num(g2[s, j]), "emulator": _num(w2[s, j]),
+                 "hw_bits": _hex(g2[s, j]), "emulator_bits": _hex(w2[s, j]),
+                 "abs_diff": _num(_abs_diff(g2[s, j], w2[s, j]))}
+    summary: dict[str, Any] = {
+        "project": str(d), "hw_outputs": str(hw_path), "hw_dtype": str(raw.dtype),
+        "reference": f"edgeq.emulate({model.name}, {x_path.relative_to(d)})",
+        "identical": mism == 0, "vectors": n, "outputs": int(g2.shape[1]), "output_shape": list(out_shape),
+        "values_compared": int(g2.size), "mismatches": mism,
+        "mismatching_vectors": int(bad.any(axis=1).sum()),
+        "nonfinite_mismatches": int(np.sum(bad & ~np.isfinite(diff))),
+        "max_abs_diff": _max(diff[bad]) if mism else 0.0,
+        "per_output": per_output, "first_mismatch": first,
+        "expected_file": str(exp_path), "expected_file_agrees": expected_agrees,
+        "layers": layer_errors(d, graph, x, emulated, trace_dir) if traces else None,
+        "trace_dir": str(trace_dir) if traces else None,
+    }
+    return summary
+
+
+def layer_errors(d: Path, graph, x: np.ndarray, emulated: dict[str, np.ndarray], trace_dir: Path) -> list[dict]:
+    """Per accelerator layer: the C simulation's trace (integer codes) against the emulator's layer outputs.
+
+    Trace files are named as the build names the layer functions; the design is lowered again from the
+    model to map them to layers, tensors and formats (as ``first_divergence`` in build.py does).
+    """
+    from edgeq.backends.hls.lower import lower
+    from edgeq.backends.hls.render import Renderer
+
+    design = lower(graph)
+    names = Renderer(design).lname
+    by_output = {lay.output: lay for lay in graph.layers}
+    n = len(x)
+    rows = []
+    for lay in design.layers:
+        t = design.tensors[lay.output]
+        f = trace_dir / f"{names[lay.name]}.bin"
+        row: dict[str, Any] = {"layer": lay.name, "op": lay.op, "onnx": list(lay.source), "format": str(t.format),
+                               "elements": int(t.elements), "trace": f.name}
+        ir_layer = by_output.get(design.ir_tensor.get(lay.output))
+        if not f.is_file():
+            row["status"] = "no trace"
+        elif ir_layer is None or ir_layer.name not in emulated:
+            row["status"] = "no emulator counterpart"
+        else:
+            got = np.fromfile(f, dtype=t.dtype)
+            if got.size != n * t.elements:
+                row["status"] = f"unreadable trace ({got.size} values, expected {n} x {t.elements})"
+            else:
+                got = got.reshape(n, -1).astype(np.int64)
+                want = t.format.quantize_codes(emulated[ir_layer.name].reshape(n, -1)).astype(np.int64)
+                bad = got != want
+                dv = np.abs(t.format.decode(got) - t.format.decode(want))
+                row.update({"status": "compared", "mismatching_elements": int(bad.sum()),
+                            "mismatching_vectors": int(bad.any(axis=1).sum()),
+                            "max_abs_diff": float(dv.max()) if dv.size else 0.0})
+                if bad.any():
+                    s, e = (int(v) for v in np.argwhere(bad)[0])
+                    row["first"] = {"vector": s, "element": e, "csim_code": int(got[s, e]),
+                                    "emulator_code": int(want[s, e])}
+        rows.append(row)
+    return rows
+
+
+def summary_text(s: dict[str, Any], limit: int = 20) -> str:
+    """The human-readable report."""
+    shape = "x".join(map(str, s["output_shape"])) or "1"
+    head = f"{s['hw_outputs']} vs {s['reference']}: "
+    lines = []
+    if s["identical"]:
+        lines.append(head + f"IDENTICAL: {s['values_compared']} outputs ({s['vectors']} vectors x {shape}) "
+                            "bit for bit")
+    else:
+        mx = s["max_abs_diff"]
+        lines.append(head + f"{s['mismatches']} of {s['values_compared']} outputs differ "
+                            f"({s['mismatching_vectors']} of {s['vectors']} vectors); max |diff| "
+                            f"{mx!r}" + (f", {s['nonfinite_mismatches']} non-finite" if s["nonfinite_mismatches"]
+                                        else ""))
+        rows = [r for r in s["per_output"] if r["mismatches"]]
+        lines.append(f"  {'output':>6}  {'mismatching vectors':>19}  max |diff|")
+        for r in rows[:limit]:
+            lines.append(f"  {r['output']:>6}  {r['mismatches']:>19}  {r['max_abs_diff']!r}"
+                         + (f" ({r['nonfinite']} non-finite)" if r["nonfinite"] else ""))
+        if len(rows) > limit:
+            lines.append(f"  ... {len(rows) - limit} more outputs differ (--json lists all)")
+        f = s["first_mismatch"]
+        lines.append(f"first mismatch: vector {f['vector']}, output {f['output']}: hw {f['hw']!r} ({f['hw_bits']}) "
+                     f"vs emulator {f['emulator']!r} ({f['emulator_bits']})")
+    agrees = s["expected_file_agrees"]
+    lines.append(f"{s['expected_file']}: " + ("missing" if agrees is None else "agrees with the emulator"
+                                              if agrees else "DIFFERS from the emulator (stale or modified "
+                                              "project? the comparison above uses the fresh emulation)"))
+    if s["layers"] is not None:
+        diverging = [r for r in s["layers"] if r.get("mismatching_elements")]
+        lines.append(f"C simulation traces ({s['trace_dir']}): " + (
+            f"first diverging layer {diverging[0]['layer']} ({diverging[0]['op']}), "
+            f"{len(diverging)} of {len(s['layers'])} layers differ" if diverging else
+            "every traced layer equals the emulator"))
+    return "\n".join(lines)
+
+
+def plot(s: dict[str, Any], path: str | Path) -> None:
+    """Error per output (and per layer, when traces exist) as a PNG, written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers = [r for r in (s["layers"] or []) if r.get("status") == "compared"]
+    fig = Figure(figsize=(12, 8 if layers else 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axs = fig.subplots(2 if layers else 1, 2, squeeze=False)
+    status = "identical" if s["identical"] else (f"{s['mismatches']} of {s['values_compared']} outputs differ")
+    fig.suptitle(f"{Path(s['hw_outputs']).name} vs edgeq.emulate ({s['project']}): {status}")
+
+    po = s["per_output"]
+    idx = [r["output"] for r in po]
+    _bars(axs[0, 0], idx, [r["mismatches"] for r in po], "output index",
+          f"mismatching vectors (of {s['vectors']})", "mismatches per output")
+    _bars(axs[0, 1], idx, [r["max_abs_diff"] if r["max_abs_diff"] is not None else np.nan for r in po],
+          "output index", "max |hw - emulator|", "largest error per output", log=True,
+          nonfinite=[r["nonfinite"] for r in po])
+    if layers:
+        names = [f"{k}: {r['op']}" for k, r in enumerate(layers)]
+        _bars(axs[1, 0], range(len(layers)), [r["mismatching_elements"] / (s["vectors"] * r["elements"])
+                                              for r in layers],
+              "layer", "fraction of elements differing", "C simulation vs emulator per layer (csim/trace)",
+              labels=names)
+        _bars(axs[1, 1], range(len(layers)), [r["max_abs_diff"] for r in layers], "layer",
+              "max |csim - emulator| (layer units)", "largest error per layer", log=True, labels=names)
+    else:
+        why = ("no per-layer traces in csim/trace (edgeq build writes them only when the C simulation differs "
+               "from the emulator)" if s["layers"] is None else "the traces in csim/trace could not be compared")
+        fig.supxlabel(f"per-layer errors not drawn: {why}", fontsize=9)
+
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".png", dir=p.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format="png", dpi=100)
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        raise EdgeqError(f"{p}: cannot write the plot ({e.strerror or e})") from None
+
+
+def _bars(ax, x, y, xlabel: str, ylabel: str, title: str, log: bool = False, labels: list[str] | None = None,
+          nonfinite: list[int] | None = None) -> None:
+    x = list(x)
+    y = np.asarray(y, dtype=np.float64)
+    pos = y[np.isfinite(y) & (y > 0)]
+    ax.bar(x, np.where(np.isfinite(y), y, 0.0), color=["tab:red" if v > 0 else "tab:green" for v in
+                                                        np.nan_to_num(y)])
+    if log and pos.size:
+        ax.set_yscale("log")
+    if not pos.size:
+        ax.text(0.5, 0.5, "no difference", transform=ax.transAxes, ha="center", va="center", color="tab:green")
+        ax.set_ylim(0, 1)
+    if nonfinite and any(nonfinite):
+        ax.text(0.01, 0.98, f"{sum(nonfinite)} non-finite differences (NaN/inf) not drawn", transform=ax.transAxes,
+                va="top", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if labels is not None:
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    elif len(x) <= 32:
+        ax.set_xticks(x)
+
+
+__all__ = ["HW_OUTPUTS", "compare_project", "layer_errors", "plot", "summary_text"]
