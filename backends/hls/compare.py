@@ -8,7 +8,8 @@ The reference is recomputed here: ``edgeq.emulate`` runs ``DIR/model.onnx`` on `
 
 Equality is on float64 bit patterns: ``-0.0`` differs from ``0.0``, and NaN equals NaN only with
 the same bits. When the C simulation left per-layer traces (``DIR/csim/trace/<layer>.bin``, written by
-the build when csim and emulator differ), they are compared layer by layer with the emulator too.
+the build when csim and emulator differ, or always with ``edgeq build --trace``), they are compared
+layer by layer with the emulator too.
 """
 
 from __future__ import annotations
@@ -205,6 +206,10 @@ def layer_errors(d: Path, graph, x: np.ndarray, emulated: dict[str, np.ndarray],
     return rows
 
 
+def _fmt(v: float | None) -> str:
+    return "non-finite only" if v is None else repr(v)
+
+
 def summary_text(s: dict[str, Any], limit: int = 20) -> str:
     """The human-readable report."""
     shape = "x".join(map(str, s["output_shape"])) or "1"
@@ -214,15 +219,15 @@ def summary_text(s: dict[str, Any], limit: int = 20) -> str:
         lines.append(head + f"IDENTICAL: {s['values_compared']} outputs ({s['vectors']} vectors x {shape}) "
                             "bit for bit")
     else:
-        mx = s["max_abs_diff"]
+        mx = _fmt(s["max_abs_diff"])
         lines.append(head + f"{s['mismatches']} of {s['values_compared']} outputs differ "
                             f"({s['mismatching_vectors']} of {s['vectors']} vectors); max |diff| "
-                            f"{mx!r}" + (f", {s['nonfinite_mismatches']} non-finite" if s["nonfinite_mismatches"]
+                            f"{mx}" + (f", {s['nonfinite_mismatches']} non-finite" if s["nonfinite_mismatches"]
                                         else ""))
         rows = [r for r in s["per_output"] if r["mismatches"]]
         lines.append(f"  {'output':>6}  {'mismatching vectors':>19}  max |diff|")
         for r in rows[:limit]:
-            lines.append(f"  {r['output']:>6}  {r['mismatches']:>19}  {r['max_abs_diff']!r}"
+            lines.append(f"  {r['output']:>6}  {r['mismatches']:>19}  {_fmt(r['max_abs_diff'])}"
                          + (f" ({r['nonfinite']} non-finite)" if r["nonfinite"] else ""))
         if len(rows) > limit:
             lines.append(f"  ... {len(rows) - limit} more outputs differ (--json lists all)")
@@ -270,8 +275,9 @@ def plot(s: dict[str, Any], path: str | Path) -> None:
         _bars(axs[1, 1], range(len(layers)), [r["max_abs_diff"] for r in layers], "layer",
               "max |csim - emulator| (layer units)", "largest error per layer", log=True, labels=names)
     else:
-        why = ("no per-layer traces in csim/trace (edgeq build writes them only when the C simulation differs "
-               "from the emulator)" if s["layers"] is None else "the traces in csim/trace could not be compared")
+        why = ("no per-layer traces in csim/trace (edgeq build writes them when the C simulation differs "
+               "from the emulator, or always with --trace)" if s["layers"] is None
+               else "the traces in csim/trace could not be compared")
         fig.supxlabel(f"per-layer errors not drawn: {why}", fontsize=9)
 
     p = Path(path)
