@@ -47,17 +47,6 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _load_npy(path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.exists():
-        raise EdgeqError(f"{p}: no such file; pass a .npy array (batch first)")
-    try:
-        return np.load(p, allow_pickle=False)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise EdgeqError(f"{p}: not a readable .npy array ({reason}); save it with numpy.save") from None
-
-
 def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +161,9 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
     from edgeq.ingest import load
 
     g = load(model)
-    x = _load_npy(input_path)
+    from edgeq.data import load_npy
+
+    x = load_npy(input_path)
     with _progress(ctx, f"emulating {len(x)} inputs", len(g.layers)) as update:
         res = run(g, x, trace=trace_dir is not None, progress=update)
     y, traced = res if trace_dir is not None else (res, None)

@@ -26,6 +26,18 @@ def digits(test_fraction: float = 0.2, seed: int = 0):
     return x[tr], y[tr], x[te], y[te]
 
 
+def load_npy(path: str | Path, what: str = "a .npy array, batch first") -> np.ndarray:
+    """One .npy array (no pickle); a missing or unreadable file is one EdgeqError line naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgeqError(f"{p}: no such file ({what})")
+    try:
+        return np.load(p, allow_pickle=False)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EdgeqError(f"{p}: not a readable .npy array ({reason}); save it with numpy.save") from None
+
+
 def load_arrays(path: str | Path, x_key: str = "x", y_key: str = "y"):
     """Load ``(x, y)`` from an ``.npz`` with arrays ``x``/``y``, or ``x`` alone from an ``.npy`` (y is None).
 

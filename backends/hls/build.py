@@ -216,42 +216,22 @@ def run_csim(root: Path, exe: Path, codes: np.ndarray, out_elems: int, out_dtype
     return np.concatenate(outs)
 
 
-def _bits(fmt, codes: np.ndarray) -> list[str]:
-    mask = (1 << fmt.width) - 1
-    return [format(int(c) & mask, f"0{fmt.width}b") for c in np.ravel(codes)]
-
-
 def compare_traces(ctx: BuildContext, trace_dir: Path) -> list[dict]:
-    """Every traced layer's csim codes against the emulator's: per-layer mismatch counts, in layer order,
-    with the first differing element (sample, element, values, bit patterns) where there is one."""
-    d = ctx.design
-    names = ctx.hls["layer_names"]
-    n = len(ctx.x)
-    rows = []
-    for lay in d.layers:
-        t = d.tensors[lay.output]
-        f = trace_dir / f"{names[lay.name]}.bin"
-        ir_name = d.ir_tensor.get(lay.output)
-        ir_layer = next((x for x in ctx.graph.layers if x.output == ir_name), None)
-        if not f.exists() or ir_layer is None or ir_layer.name not in ctx.trace:
-            continue
-        got = np.fromfile(f, dtype=t.dtype).reshape(n, -1).astype(np.int64)
-        want = t.format.quantize_codes(ctx.trace[ir_layer.name].reshape(n, -1)).astype(np.int64)
-        bad = np.argwhere(got != want)
-        row = {"layer": lay.name, "op": lay.op, "onnx": lay.source, "format": str(t.format),
-               "mismatching_elements": int(len(bad)), "elements": int(got.size)}
-        if len(bad):
-            s, e = (int(v) for v in bad[0])
-            row.update(sample=s, element=e, csim_code=int(got[s, e]), emulator_code=int(want[s, e]),
-                       csim_value=float(t.format.decode(got[s, e])), emulator_value=float(t.format.decode(want[s, e])),
-                       csim_bits=_bits(t.format, got[s, e])[0], emulator_bits=_bits(t.format, want[s, e])[0])
-        rows.append(row)
-    return rows
+    """Every traced layer's csim codes against the emulator's (see :func:`compare.trace_rows`)."""
+    from edgeq.backends.hls.compare import trace_rows
+
+    rows = trace_rows(ctx.design, ctx.hls["layer_names"], ctx.graph, ctx.trace, len(ctx.x), trace_dir)
+    return [r for r in rows if r["status"] == "compared"]
 
 
-def first_divergence(ctx: BuildContext, trace_dir: Path) -> dict | None:
-    """The first layer (in execution order) whose csim trace differs from the emulator."""
-    return next((r for r in compare_traces(ctx, trace_dir) if r["mismatching_elements"]), None)
+def first_divergence(rows: list[dict]) -> dict | None:
+    """The first layer (in execution order) whose trace differs, flattened for the report."""
+    r = next((r for r in rows if r["mismatching_elements"]), None)
+    if r is None:
+        return None
+    f = r["first"]
+    return {"layer": r["layer"], "op": r["op"], "onnx": r["onnx"], "format": r["format"], "sample": f["vector"],
+            **{k: v for k, v in f.items() if k != "vector"}, "mismatching_elements": r["mismatching_elements"]}
 
 
 def step_csim(ctx: BuildContext) -> None:
@@ -276,7 +256,7 @@ def step_csim(ctx: BuildContext) -> None:
         run_csim(ctx.tmp, exe, codes, out_t.elements, out_t.dtype, 1, trace_dir)
         rows = compare_traces(ctx, trace_dir)
         csim["layers"] = [{k: r[k] for k in ("layer", "op", "mismatching_elements", "elements")} for r in rows]
-        csim["first_divergence"] = next((r for r in rows if r["mismatching_elements"]), None)
+        csim["first_divergence"] = first_divergence(rows)
     ctx.report["csim"] = csim
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.data import load_npy
 from edgeq.emulate import emulate
 from edgeq.errors import EdgeqError
 from edgeq.ingest import load
@@ -37,16 +38,6 @@ def _num(v: float) -> float | str:
 
 def _hex(v: np.float64) -> str:
     return f"0x{int(np.asarray(v, dtype=np.float64).view(np.uint64)):016x}"
-
-
-def _load_npy(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise EdgeqError(f"{path}: no such file ({what})")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise EdgeqError(f"{path}: not a readable .npy array ({reason})") from None
 
 
 def _shape_str(shape: tuple[int, ...]) -> str:
@@ -101,7 +92,7 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
     in_shape, out_shape = tuple(graph.input.shape), tuple(graph.output.shape)
 
     x_path = d / "vectors" / "input.npy"
-    x = _load_npy(x_path, "the build's test inputs; rebuild the project with `edgeq build`")
+    x = load_npy(x_path, "the build's test inputs; rebuild the project with `edgeq build`")
     if x.dtype.kind not in "fiu" or x.ndim != len(in_shape) + 1 or tuple(x.shape[1:]) != in_shape:
         raise EdgeqError(f"{x_path}: has shape {_shape_str(x.shape)} and dtype {x.dtype}, expected a float array of "
                          f"shape {_shape_str(('n',) + in_shape)} for the model input '{graph.input.name}'")
@@ -112,7 +103,7 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
     if hw_outputs is None and not hw_path.is_file():
         raise EdgeqError(f"{hw_path}: no such file; run driver/run_on_board.py on the board and copy its "
                          f"{HW_OUTPUTS} here, or pass --hw-outputs (e.g. {d / 'csim' / 'outputs.npy'})")
-    raw = _load_npy(hw_path, "the outputs to check")
+    raw = load_npy(hw_path, "the outputs to check")
     got = _as_outputs(raw, hw_path, shape,
                       f" ({n} vectors in {x_path.relative_to(d)} x model output {_shape_str(out_shape)})")
 
@@ -126,7 +117,7 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
     exp_path = d / "vectors" / "expected.npy"
     expected_agrees: bool | None = None
     if exp_path.is_file():
-        exp = _load_npy(exp_path, "the build's expected outputs")
+        exp = load_npy(exp_path, "the build's expected outputs")
         expected_agrees = bool(exp.dtype == np.float64 and exp.shape == shape and np.all(_same_bits(exp, want)))
 
     g2, w2 = got.reshape(n, -1), want.reshape(n, -1)
@@ -163,24 +154,32 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
 
 
 def layer_errors(d: Path, graph, x: np.ndarray, emulated: dict[str, np.ndarray], trace_dir: Path) -> list[dict]:
-    """Per accelerator layer: the C simulation's trace (integer codes) against the emulator's layer outputs.
+    """Per accelerator layer of the project in ``d``: its C-simulation trace against the emulator.
 
-    Trace files are named as the build names the layer functions; the design is lowered again from the
-    model to map them to layers, tensors and formats (as ``first_divergence`` in build.py does).
+    The design is lowered again from the model to map trace files to layers, tensors and formats.
     """
     from edgeq.backends.hls.lower import lower
     from edgeq.backends.hls.render import Renderer
 
     design = lower(graph)
-    names = Renderer(design).lname
+    return trace_rows(design, Renderer(design).lname, graph, emulated, len(x), trace_dir)
+
+
+def _bits(fmt, code: int) -> str:
+    return format(int(code) & ((1 << fmt.width) - 1), f"0{fmt.width}b")
+
+
+def trace_rows(design, names: dict[str, str], graph, emulated: dict[str, np.ndarray], n: int,
+               trace_dir: Path) -> list[dict]:
+    """The one comparison of csim layer traces (``<layer function>.bin``, integer codes) with the emulator's
+    layer outputs, in execution order. Used by ``edgeq build`` (first diverging layer) and ``edgeq compare``."""
     by_output = {lay.output: lay for lay in graph.layers}
-    n = len(x)
     rows = []
     for lay in design.layers:
         t = design.tensors[lay.output]
         f = trace_dir / f"{names[lay.name]}.bin"
         row: dict[str, Any] = {"layer": lay.name, "op": lay.op, "onnx": list(lay.source), "format": str(t.format),
-                               "elements": int(t.elements), "trace": f.name}
+                               "elements": int(t.elements) * n, "trace": f.name}
         ir_layer = by_output.get(design.ir_tensor.get(lay.output))
         if not f.is_file():
             row["status"] = "no trace"
@@ -201,7 +200,11 @@ def layer_errors(d: Path, graph, x: np.ndarray, emulated: dict[str, np.ndarray],
                 if bad.any():
                     s, e = (int(v) for v in np.argwhere(bad)[0])
                     row["first"] = {"vector": s, "element": e, "csim_code": int(got[s, e]),
-                                    "emulator_code": int(want[s, e])}
+                                    "emulator_code": int(want[s, e]),
+                                    "csim_value": float(t.format.decode(got[s, e])),
+                                    "emulator_value": float(t.format.decode(want[s, e])),
+                                    "csim_bits": _bits(t.format, got[s, e]),
+                                    "emulator_bits": _bits(t.format, want[s, e])}
         rows.append(row)
     return rows
 
