@@ -89,3 +89,23 @@ def run_qonnx_node(op: str, x: np.ndarray, inits: dict, **attrs) -> np.ndarray:
     y = execute_onnx(model, {"X": np.asarray(x, dtype=np.float32)})["Y"]
     assert y.dtype == np.float32
     return y
+
+
+def corrupt_thresholds(monkeypatch, index: int = 0) -> dict:
+    """Make the FPGA lowering shift the thresholds of its ``index``-th Threshold layer by 3 (a planted bug).
+
+    Returns a dict that receives the corrupted layer's name under "layer" once a build has lowered.
+    """
+    from edgeq.backends.hls import lower as lower_mod
+
+    real, seen = lower_mod.lower, {}
+
+    def corrupted(graph, parallel=8):
+        design = real(graph, parallel)
+        lay = [x for x in design.layers if x.op == "Threshold"][index]
+        lay.params["thresholds"] = lay.params["thresholds"] + 3
+        seen["layer"] = lay.name
+        return design
+
+    monkeypatch.setattr(lower_mod, "lower", corrupted)
+    return seen

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import corrupt_thresholds
 
 EDGEQ = str(Path(sys.executable).with_name("edgeq"))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -178,18 +179,8 @@ def test_plot_writes_a_png(project, tmp_path):
 def test_per_layer_errors_from_csim_traces_name_the_corrupted_layer(exported, tmp_path, monkeypatch):
     """A build whose thresholds are corrupted after lowering fails csim and leaves traces; compare maps them."""
     from edgeq.backends.hls import build as b
-    from edgeq.backends.hls import lower as lower_mod
 
-    real = lower_mod.lower
-
-    def corrupted(graph, parallel=8):
-        design = real(graph, parallel)
-        lay = [x for x in design.layers if x.op == "Threshold"][1]
-        lay.params["thresholds"] = lay.params["thresholds"] + 3
-        corrupted.layer = lay.name
-        return design
-
-    monkeypatch.setattr(lower_mod, "lower", corrupted)
+    corrupted = corrupt_thresholds(monkeypatch, 1)
     path, _, _ = exported("bnn_pynq", "tfc_2w2a", 0)
     out = tmp_path / "bad"
     with pytest.raises(b.BuildFailed):
@@ -204,7 +195,7 @@ def test_per_layer_errors_from_csim_traces_name_the_corrupted_layer(exported, tm
     layers = s["layers"]
     assert layers and all(r["status"] == "compared" for r in layers)
     first_bad = next(r for r in layers if r["mismatching_elements"])
-    assert first_bad["layer"] == corrupted.layer == rep["csim"]["first_divergence"]["layer"]
+    assert first_bad["layer"] == corrupted["layer"] == rep["csim"]["first_divergence"]["layer"]
     assert first_bad["first"]["element"] == rep["csim"]["first_divergence"]["element"]
     assert all(r["mismatching_elements"] == 0 for r in layers[: layers.index(first_bad)])
     _check_png(png)

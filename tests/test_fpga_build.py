@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import qonnx_reference
+from conftest import corrupt_thresholds, qonnx_reference
 
 EDGEQ = str(Path(sys.executable).with_name("edgeq"))
 
@@ -72,25 +72,15 @@ def test_residual_add_and_truncating_average_pool_lower_to_exact_hardware_layers
 def test_a_corrupted_threshold_fails_the_build_and_the_report_names_the_layer(exported, tmp_path, monkeypatch):
     """The verification can fail: shift one layer's thresholds after lowering and build."""
     from edgeq.backends.hls import build as b
-    from edgeq.backends.hls import lower as lower_mod
 
-    real = lower_mod.lower
-
-    def corrupted(graph, parallel=8):
-        design = real(graph, parallel)
-        lay = next(x for x in design.layers if x.op == "Threshold")
-        lay.params["thresholds"] = lay.params["thresholds"] + 3
-        corrupted.layer = lay.name
-        return design
-
-    monkeypatch.setattr(lower_mod, "lower", corrupted)
+    corrupted = corrupt_thresholds(monkeypatch)
     path, _, _ = exported("bnn_pynq", "tfc_2w2a", 0)
     out = tmp_path / "proj"
     with pytest.raises(b.BuildFailed, match=r"first diverging layer .* \(Threshold\)"):
         b.build(b.BuildConfig(model=path, board="ultra96", out=out))
     rep = json.loads((out / "report.json").read_text())
     div = rep["csim"]["first_divergence"]
-    assert rep["csim"]["status"] == "fail" and div["layer"] == corrupted.layer and div["op"] == "Threshold"
+    assert rep["csim"]["status"] == "fail" and div["layer"] == corrupted["layer"] and div["op"] == "Threshold"
     assert div["csim_bits"] != div["emulator_bits"] and len(div["csim_bits"]) == len(div["emulator_bits"])
 
 
