@@ -135,7 +135,7 @@ def _quantize(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
 def _trunc(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     """QONNX Trunc in its own float32 order: y = round(x/scale); then the step's rounding on y/2^k."""
     a = layer.attrs
-    y = np.rint(x.astype(_F32, copy=False) / a["scale"])
+    y = round_float(x.astype(_F32, copy=False) / a["scale"], "RND_CONV")  # QONNX np.round: half to even
     if a["version"] == 2:  # clip to the output range, then round, as Int (QONNX Quant) does
         codes = a["step"].quantize_codes(y)
     else:  # v1 does not clip
