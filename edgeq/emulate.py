@@ -149,7 +149,9 @@ def _batchnorm(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     s = inv * a["gamma"]
     b = a["beta"] - a["mean"] * s
     view = (1, -1) + (1,) * (x.ndim - 2)
-    return x.astype(_F32, copy=False) * s.reshape(view) + b.reshape(view)
+    y = x.astype(_F32, copy=False) * s.reshape(view)
+    y += b.reshape(view)  # a separate float32 add, as onnxruntime does (no fma)
+    return y
 
 
 _FLOAT_FNS = {
@@ -291,7 +293,30 @@ def _lsbs(graph: Graph, layer: Layer):
     return np.asarray(x_lsb, dtype=np.float64), np.broadcast_to(np.asarray(w_lsb, dtype=np.float64), layer.weight.shape)
 
 
+def _values_domain(graph: Graph, layer: Layer) -> bool:
+    """True when the layer may multiply-accumulate the float32 *values* directly: the result is an
+    exact FixedPoint of at most 24 bits (engine float32) and every value is an integer times a power
+    of two well inside float32's exponent range. Then every product and partial sum is exactly a
+    float32 (the same bound as for the codes, scaled by a power of two), so BLAS is exact in any order."""
+    fmt = graph.tensors[layer.output].format
+    if layer.contract.engine != "float32 BLAS" or not isinstance(fmt, FixedPoint) or fmt.width > 24:
+        return False
+    x_lsb, w_lsb = _lsbs(graph, layer)
+    lo = float(x_lsb) * float(w_lsb.min())
+    return is_power_of_two(x_lsb) and is_power_of_two(w_lsb) and lo >= 2.0**-100 and fmt.max < 2.0**100
+
+
+def _weights_f32(layer: Layer) -> np.ndarray:
+    w = layer.__dict__.get("_w_f32")
+    if w is None:
+        w = layer.__dict__["_w_f32"] = np.ascontiguousarray(layer.weight, dtype=_F32)
+    return w
+
+
 def _dense(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    if _values_domain(graph, layer):
+        y = x.astype(_F32, copy=False) @ _weights_f32(layer)
+        return y + layer.bias.astype(_F32) if layer.bias is not None else y
     dtype = _ENGINE_DTYPE[layer.contract.engine]
     x_lsb, w_lsb = _lsbs(graph, layer)
     xc = _codes(x, x_lsb, dtype)
@@ -307,6 +332,11 @@ def _dense(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
 
 def _conv(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     a = layer.attrs
+    if _values_domain(graph, layer):
+        y = _ort_conv(layer, _weights_f32(layer), x, key="_ort_values")
+        if layer.bias is not None:
+            y += layer.bias.astype(_F32).reshape(-1, 1, 1)
+        return y
     dtype = _ENGINE_DTYPE[layer.contract.engine]
     x_lsb, w_lsb = _lsbs(graph, layer)
     xc = _codes(x, x_lsb, dtype)
@@ -348,13 +378,13 @@ def _im2col_conv(xc: np.ndarray, wc: np.ndarray, a: dict[str, Any], dtype) -> np
     return out
 
 
-def _ort_conv(layer: Layer, wc: np.ndarray, xc: np.ndarray) -> np.ndarray:
+def _ort_conv(layer: Layer, wc: np.ndarray, xc: np.ndarray, key: str = "_ort_session") -> np.ndarray:
     """Integer codes convolved by onnxruntime's float32 MLAS kernels.
 
     Exact: the contract's engine is "float32 BLAS" only when every partial sum of integer codes
     is below 2**24, where float32 multiply-adds of integers are exact in any order or fusion.
     """
-    sess = layer.__dict__.get("_ort_session")
+    sess = layer.__dict__.get(key)
     if sess is None:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
@@ -372,7 +402,7 @@ def _ort_conv(layer: Layer, wc: np.ndarray, xc: np.ndarray) -> np.ndarray:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        layer.__dict__["_ort_session"] = sess
+        layer.__dict__[key] = sess
     return sess.run(None, {"x": np.ascontiguousarray(xc, dtype=np.float32)})[0]
 
 

@@ -104,11 +104,15 @@ def _round_parts(fl, above, tie, inexact, negative, mode: str):
 _IEEE_ROUNDING = {"RND_CONV": np.rint, "TRN": np.floor, "CEIL": np.ceil, "TRN_ZERO": np.trunc}
 
 
-def round_float(v: np.ndarray, mode: str) -> np.ndarray:
-    """Round float values to integers (as floats of the same dtype) with ``mode``. Exact."""
+def round_float(v: np.ndarray, mode: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Round float values to integers (as floats of the same dtype) with ``mode``. Exact.
+
+    ``out`` may be ``v`` itself for the IEEE-primitive modes (in place); otherwise it is ignored.
+    """
     v = np.asarray(v)
     if mode in _IEEE_ROUNDING:  # the same rules, as IEEE-exact numpy primitives (faster)
-        return _IEEE_ROUNDING[mode](v)
+        return _IEEE_ROUNDING[mode](v, out=out) if out is not None and out.shape == v.shape else \
+            _IEEE_ROUNDING[mode](v)
     fl = np.floor(v)
     inexact = v != fl
     # Compare v with the midpoint rather than forming v - fl: for v in (-1/2, 0) the fraction 1 - |v|
@@ -468,12 +472,12 @@ class Int(NumFormat):
         z = self.zero_point_array(x.ndim, x.dtype)
         y = x / s
         if self.has_zero_point:  # adding a zero would only turn -0 into +0
-            y = y + z
+            y += z
         if self.bipolar:
             return np.where(y >= 0, 1.0, -1.0).astype(x.dtype)
         # QONNX clamps before rounding; the bounds are integers, so this equals round-then-clamp.
-        y = np.clip(y, self.code_min, self.code_max).astype(x.dtype)
-        return round_float(y, self.rounding)
+        np.clip(y, self.code_min, self.code_max, out=y)
+        return round_float(y, self.rounding, out=y)
 
     def dequantize(self, codes: np.ndarray, dtype=np.float32) -> np.ndarray:
         codes = np.asarray(codes, dtype=dtype)
@@ -483,7 +487,11 @@ class Int(NumFormat):
         """QONNX Quant of ``x`` (computed in x's float dtype), returned as ``dtype`` values."""
         x = np.asarray(x)
         work = x.dtype if x.dtype.kind == "f" else np.float32
-        return self.dequantize(self.quantize_codes(x), work).astype(dtype, copy=False)
+        codes = self.quantize_codes(x).astype(work, copy=False)
+        if self.has_zero_point:
+            return self.dequantize(codes, work).astype(dtype, copy=False)
+        codes *= self.scale_array(codes.ndim, work)  # (q - 0) * s, as QONNX computes it
+        return codes.astype(dtype, copy=False)
 
     def to_bits(self, x: np.ndarray) -> np.ndarray:
         codes = self.quantize_codes(x).astype(np.int64)
