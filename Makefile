@@ -10,9 +10,10 @@ STAMP  := $(VENV)/.edgeq-setup
 # torch must come first, and exactly this version: it is a local CPU wheel. Any other request
 # may pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
-# Debian packages later backends need (RISC-V clang, QEMU, dtc). g++ (csim) and tclsh (TCL checks) are
-# installed above when missing.
-APT_PACKAGES ?=
+# Debian packages: clang-19 + lld-19 build the freestanding RV32 firmware (Debian's GCC 12 has no RISC-V
+# _Float16), qemu-system-misc runs it (qemu-system-riscv32), dtc is for Spike. g++ (csim) and tclsh (TCL
+# checks) are installed below when missing.
+APT_PACKAGES ?= clang-19 lld-19 qemu-system-misc device-tree-compiler
 
 .PHONY: setup demo test lint bench clean
 
@@ -21,7 +22,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@command -v g++ >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends g++)
 	@command -v tclsh >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends tcl)
-	@if [ -n "$(APT_PACKAGES)" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); fi
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)

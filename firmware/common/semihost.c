@@ -1,0 +1,32 @@
+/* Arm-style semihosting over RISC-V (QEMU: -semihosting-config enable=on,target=native).
+ * The trap sequence must be three uncompressed instructions: slli x0,x0,0x1f; ebreak; srai x0,x0,7. */
+#include "edgeq_io.h"
+
+static long semihost(long op, const void *arg) {
+    register long a0 __asm__("a0") = op;
+    register const void *a1 __asm__("a1") = arg;
+    __asm__ volatile(".option push\n.option norvc\nslli x0, x0, 0x1f\nebreak\nsrai x0, x0, 7\n.option pop"
+                     : "+r"(a0)
+                     : "r"(a1)
+                     : "memory");
+    return a0;
+}
+
+void edgeq_puts(const char *s) { semihost(0x04 /* SYS_WRITE0 */, s); }
+
+void edgeq_put_hex(uint32_t v, int digits) {
+    char buf[9];
+    for (int i = digits - 1; i >= 0; i--) {
+        buf[i] = "0123456789abcdef"[v & 15];
+        v >>= 4;
+    }
+    buf[digits] = 0;
+    edgeq_puts(buf);
+}
+
+void edgeq_exit(int code) {
+    uint32_t block[2] = {0x20026 /* ADP_Stopped_ApplicationExit */, (uint32_t)code};
+    semihost(0x20 /* SYS_EXIT_EXTENDED */, block);
+    for (;;) {
+    }
+}
