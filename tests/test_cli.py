@@ -131,7 +131,8 @@ def test_installed_wheel_ships_boards_and_runs_outside_the_repo(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(target))
     code = ("import edgeq, edgeq.backends.hls.build, edgeq.backends.hls.project; from edgeq.board import get_board; "
             "from importlib import resources; assert resources.files('edgeq.hls_templates').joinpath("
-            "'edgeq_kernels.h').is_file(); print(edgeq.__file__); print(get_board('ultra96')['part'])")
+            "'edgeq_kernels.h').is_file(); assert resources.files('edgeq.firmware').joinpath('common', 'crt0.S')"
+            ".is_file(); print(edgeq.__file__); print(get_board('ultra96')['part'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                          check=True).stdout.split()
     assert out[0].startswith(str(target)) and out[1] == "xczu3eg-sbva484-1-i"
