@@ -32,10 +32,12 @@ from edgeq.ir import Graph, Layer
 _F32 = np.float32
 
 
-def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = None):
+def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = None, raw_trace: bool = False):
     """Run ``graph`` on the batch ``x`` (batch axis first). Returns decoded float64 outputs.
 
-    With ``trace=True`` returns ``(output, {layer_name: layer_output})``. ``progress`` is an
+    With ``trace=True`` returns ``(output, {layer_name: layer_output})`` as float64 values; with
+    ``raw_trace=True`` too, the trace keeps the stored arrays instead, i.e. exact int64 codes for
+    fixed-point accumulators wider than 53 bits (which float64 would round). ``progress`` is an
     optional callable ``progress(done_layers, total_layers)``.
     """
     x = np.asarray(x)
@@ -57,7 +59,9 @@ def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = No
     for i, layer in enumerate(graph.layers):
         env[layer.output] = step(graph, layer, env)
         if trace:
-            traced[layer.name] = _values(graph.tensors[layer.output].format, env[layer.output]).astype(np.float64)
+            stored = env[layer.output]
+            traced[layer.name] = stored if raw_trace and stored.dtype.kind == "i" else \
+                _values(graph.tensors[layer.output].format, stored).astype(np.float64)
         if progress is not None:
             progress(i + 1, len(graph.layers))
     out = _values(graph.output.format, env[graph.outputs[0]]).astype(np.float64)
@@ -170,7 +174,8 @@ def _floatop(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
 
 
 def _relu(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0.0)
+    # int64 codes of a wide accumulator stay integers (a float zero would round them to float64)
+    return np.maximum(x, 0 if x.dtype.kind == "i" else 0.0)
 
 
 def _clip(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:

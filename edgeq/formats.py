@@ -470,7 +470,7 @@ class Int(NumFormat):
             x = x.astype(np.float32)
         s = self.scale_array(x.ndim, x.dtype)
         z = self.zero_point_array(x.ndim, x.dtype)
-        y = x / s
+        y = np.asarray(x / s)  # a fresh array (0-d for scalars), updated in place below
         if self.has_zero_point:  # adding a zero would only turn -0 into +0
             y += z
         if self.bipolar:

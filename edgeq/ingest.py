@@ -229,6 +229,9 @@ def exact_fixed(fmt: NumFormat) -> FixedPoint | None:
     """The FixedPoint holding every value of ``fmt`` exactly (a per-tensor power-of-two grid), or None."""
     if isinstance(fmt, FixedPoint):
         return fmt
+    if isinstance(fmt, Int) and fmt.as_fixed() is not None:  # e.g. int8 * 2^-7 is exactly ap_fixed<8,1>
+        fx = fmt.as_fixed()
+        return FixedPoint(fx.width, fx.int_bits, fx.signed)
     g = grid_of(fmt)
     if g is None or g[0].size != 1 or not is_power_of_two(g[0]):
         return None

@@ -26,8 +26,8 @@ def _quant(name, x, out, bits, scale):
     return node, inits
 
 
-def dense_model(k, n, bits, scale_exp, w_codes, out_quant=None):
-    """x[1,k] -Quant(bits)-> MatMul with Quant(bits) weights (codes w_codes) [-> Quant(out)]."""
+def dense_model(k, n, bits, scale_exp, w_codes, out_quant=None, relu=False):
+    """x[1,k] -Quant(bits)-> MatMul with Quant(bits) weights (codes w_codes) [-> Relu] [-> Quant(out)]."""
     scale = 2.0**scale_exp
     nodes, inits = [], [numpy_helper.from_array((w_codes * scale).astype(np.float32), "w")]
     for name, src, dst in (("qx", "x", "xq"), ("qw", "w", "wq")):
@@ -36,8 +36,11 @@ def dense_model(k, n, bits, scale_exp, w_codes, out_quant=None):
         inits += it
     nodes.append(helper.make_node("MatMul", ["xq", "wq"], ["acc"], name="dense"))
     out = "acc"
+    if relu:
+        nodes.append(helper.make_node("Relu", ["acc"], ["r"], name="relu"))
+        out = "r"
     if out_quant is not None:
-        nd, it = _quant("qy", "acc", "y", *out_quant)
+        nd, it = _quant("qy", out, "y", *out_quant)
         nodes.append(nd)
         inits += it
         out = "y"
@@ -114,3 +117,32 @@ def test_accumulators_beyond_2_pow_62_are_refused_naming_the_layer():
 
 def test_handmade_models_are_valid_onnx():
     onnx.checker.check_model(dense_model(8, 2, 8, -7, np.ones((8, 2))))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_wide_accumulator_just_above_a_tie_stays_exact_through_relu_into_the_emulator_and_csim(tmp_path, relu):
+    """acc = 254.5 + 2^-46 needs 55 bits; float64 would round it onto the tie (-> 254 instead of 255)."""
+    k = 256
+    w = np.zeros((k, 1))
+    w[:254, 0], w[254, 0], w[255, 0] = -(2**23), -(2**22), 1
+    model = dense_model(k, 1, 24, -23, w, out_quant=(16, 1.0), relu=relu)
+    x = np.full((1, k), -1.0, dtype=np.float32)
+    x[0, 255] = 2.0**-23
+    acc = sum(int(a) * int(b) for a, b in zip(np.round(x[0] * 2**23).astype(np.int64), w[:, 0].astype(np.int64)))
+    assert Fraction(acc, 2**46) > Fraction(509, 2) and acc > 2**53  # just above 254.5
+    assert edgeq.emulate(edgeq.load(model), x)[0, 0] == 255.0
+    path = tmp_path / "wide.onnx"
+    onnx.save(model, path)
+    np.save(tmp_path / "x.npy", x)
+    from edgeq.backends.hls.build import BuildConfig, build
+
+    rep = build(BuildConfig(model=path, board="ultra96", out=tmp_path / "p", vectors=tmp_path / "x.npy", trace=True))
+    assert rep["csim"]["status"] == "pass" and rep["csim"]["first_divergence"] is None
+    assert all(r["mismatching_elements"] == 0 for r in rep["csim"]["layers"])
+
+
+def test_int_quantize_accepts_scalars():
+    from edgeq.formats import Int
+
+    f = Int(8, scale=0.0625)
+    assert f.quantize_codes(np.float32(0.3)) == 5.0 and f.quantize(np.array(0.3, dtype=np.float32)) == 0.3125

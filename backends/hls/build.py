@@ -159,7 +159,7 @@ def step_vectors(ctx: BuildContext) -> None:
     else:
         x = _default_vectors(ctx)
     ctx.x = np.asarray(x, dtype=np.float32)
-    ctx.expected, ctx.trace = emulate(ctx.graph, ctx.x, trace=True)
+    ctx.expected, ctx.trace = emulate(ctx.graph, ctx.x, trace=True, raw_trace=True)
     codes = ctx.design.glue.encode(ctx.x)
     np.save(vdir / "input.npy", ctx.x)
     np.save(vdir / "expected.npy", ctx.expected)
@@ -417,9 +417,13 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> dict
         step_tool_files(ctx, info)
         step_synth(ctx)
         write_reports(ctx)
-        if out.exists():
-            shutil.rmtree(out)
+        old = None
+        if out.exists():  # keep the old project until the new one is in place
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
         os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -109,7 +109,7 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
 
     trace_dir = d / "csim" / "trace"
     traces = trace_dir.is_dir() and any(trace_dir.glob("*.bin"))
-    res = emulate(graph, x, trace=traces, progress=progress)
+    res = emulate(graph, x, trace=traces, progress=progress, raw_trace=True)
     want, emulated = (res if traces else (res, None))
     want = np.asarray(want, dtype=np.float64).reshape(shape)
 
@@ -191,7 +191,12 @@ def trace_rows(design, names: dict[str, str], graph, emulated: dict[str, np.ndar
                 row["status"] = f"unreadable trace ({got.size} values, expected {n} x {t.elements})"
             else:
                 got = got.reshape(n, -1).astype(np.int64)
-                want = t.format.quantize_codes(emulated[ir_layer.name].reshape(n, -1)).astype(np.int64)
+                e = emulated[ir_layer.name].reshape(n, -1)
+                if e.dtype.kind == "i":  # raw int64 codes of a wide accumulator, in the IR format's lsb
+                    shift = t.format.frac_bits - graph.tensors[ir_layer.output].format.frac_bits
+                    want = e.astype(np.int64) << shift
+                else:
+                    want = t.format.quantize_codes(e).astype(np.int64)
                 bad = got != want
                 dv = np.abs(t.format.decode(got) - t.format.decode(want))
                 row.update({"status": "compared", "mismatching_elements": int(bad.sum()),

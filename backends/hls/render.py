@@ -51,9 +51,10 @@ def _param_type(lay: HwLayer, key: str) -> str:
     return "int32_t" if a is None else _int_ctype_for(int(a.min(initial=0)), int(a.max(initial=0)))
 
 
-def _thr_type(thr: np.ndarray) -> str:
-    """Threshold (and compared value) type: the comparisons happen on -x too, so leave headroom."""
-    return "int64_t" if max(abs(int(thr.min())), abs(int(thr.max()))) >= (1 << 30) else "int32_t"
+def _thr_type(thr: np.ndarray, x_width: int) -> str:
+    """Threshold (and compared value) type: it must hold the thresholds and -x for every input code."""
+    big = max(abs(int(thr.min())), abs(int(thr.max()))) >= (1 << 30) or x_width > 30
+    return "int64_t" if big else "int32_t"
 
 
 def _array(ctype: str, name: str, a: np.ndarray) -> str:
@@ -147,7 +148,7 @@ class Renderer:
             if key == "sign":
                 parts.append(_array("int8_t", f"{name}_sign", a))
             elif key == "thresholds":
-                parts.append(_array(_thr_type(a), f"{name}_thresholds", a))
+                parts.append(_array(_thr_type(a, self.t(lay.inputs[0]).format.width), f"{name}_thresholds", a))
             else:
                 parts.append(_array(_param_type(lay, key), f"{name}_{key}", a))
         if not parts:
@@ -194,7 +195,7 @@ class Renderer:
             thr = lay.params["thresholds"]
             c = thr.shape[0]
             hw = x.elements // c
-            tt = _thr_type(thr)
+            tt = _thr_type(thr, x.format.width)
             log2 = max(1, int(a["levels"]).bit_length())
             body = (f"    edgeq_threshold<{xt}, {tt}, {yt}, {c}, {hw}, {a['levels']}, {log2}>"
                     f"(x0, {name}_thresholds, {name}_sign, {a['base']}, y);")
