@@ -522,7 +522,8 @@ class _Lowering:
             contract = Contract(rounding="float32 add (one rounding)", engine="float32 numpy")
             if fa is not None and fb is not None:
                 frac = max(fa.frac_bits, fb.frac_bits)
-                ib = max(fa.int_bits, fb.int_bits) + 1
+                # signed result: unsigned inputs need one more bit, and the sum one carry bit
+                ib = max(fa.int_bits + (not fa.signed), fb.int_bits + (not fb.signed)) + 1
                 if ib + frac <= 53:
                     out_fmt = FixedPoint(ib + frac, ib, True)
                     contract = Contract(accumulator=out_fmt, rounding="none: exact", engine="float64 exact")

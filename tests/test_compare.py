@@ -93,7 +93,7 @@ def test_equality_is_on_bit_patterns(project, tmp_path, monkeypatch):
     ref = np.zeros((64, 10))
     ref[:, 1] = np.nan
     ref[:, 2] = np.inf
-    monkeypatch.setattr(c, "emulate", lambda graph, x, trace=False, progress=None: ref.copy())
+    monkeypatch.setattr(c, "emulate", lambda graph, x, trace=False, progress=None, raw_trace=False: ref.copy())
     hw = ref.copy()
     hw[3, 0] = -0.0
     hw[4, 1] = np.frombuffer(np.uint64(0x7FF8000000000001).tobytes(), np.float64)[0]  # another NaN payload
