@@ -322,6 +322,10 @@ class FixedPoint(NumFormat):
         mask = (1 << self.width) - 1
         return np.array([int(c) & mask for c in codes.ravel()], dtype=np.uint64).reshape(codes.shape)
 
+    def bit_string(self, code: int) -> str:
+        """The ``width``-bit two's-complement pattern of one integer code, e.g. '11111110'."""
+        return format(int(code) & ((1 << self.width) - 1), f"0{self.width}b")
+
     def from_bits(self, b: np.ndarray) -> np.ndarray:
         """Values of ``width``-bit patterns (sign-extended when signed)."""
         b = np.asarray(b).astype(object)

@@ -165,10 +165,6 @@ def layer_errors(d: Path, graph, x: np.ndarray, emulated: dict[str, np.ndarray],
     return trace_rows(design, Renderer(design).lname, graph, emulated, len(x), trace_dir)
 
 
-def _bits(fmt, code: int) -> str:
-    return format(int(code) & ((1 << fmt.width) - 1), f"0{fmt.width}b")
-
-
 def trace_rows(design, names: dict[str, str], graph, emulated: dict[str, np.ndarray], n: int,
                trace_dir: Path) -> list[dict]:
     """The one comparison of csim layer traces (``<layer function>.bin``, integer codes) with the emulator's
@@ -208,8 +204,8 @@ def trace_rows(design, names: dict[str, str], graph, emulated: dict[str, np.ndar
                                     "emulator_code": int(want[s, e]),
                                     "csim_value": float(t.format.decode(got[s, e])),
                                     "emulator_value": float(t.format.decode(want[s, e])),
-                                    "csim_bits": _bits(t.format, got[s, e]),
-                                    "emulator_bits": _bits(t.format, want[s, e])}
+                                    "csim_bits": t.format.bit_string(got[s, e]),
+                                    "emulator_bits": t.format.bit_string(want[s, e])}
         rows.append(row)
     return rows
 

@@ -86,10 +86,11 @@ class HwDesign:
 
 def container(fmt: FixedPoint) -> tuple[str, str]:
     """(C type, numpy dtype) of the integer codes of ``fmt``."""
-    for n in (8, 16, 32, 64):
-        if fmt.width <= n:
-            return (f"int{n}_t" if fmt.signed else f"uint{n}_t"), (f"int{n}" if fmt.signed else f"uint{n}")
-    raise EdgeqError(f"{fmt} is wider than 64 bits; the FPGA backend supports up to 64-bit codes")
+    try:
+        ctype = fmt.ctype("c")  # the one choice of integer container, in formats
+    except ValueError:
+        raise EdgeqError(f"{fmt} is wider than 64 bits; the FPGA backend supports up to 64-bit codes") from None
+    return ctype, ctype[:-2]
 
 
 def _node(layer: Layer) -> str:
