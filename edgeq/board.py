@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from edgeq.errors import EdgeqError
@@ -32,7 +33,7 @@ def _parse(name: str, text: str) -> Board:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise EdgeqError(f"boards/{name}.toml: invalid TOML ({e}); fix the file") from None
+        raise EdgeqError(f"{name}.toml: invalid TOML ({e}); fix the file") from None
     kind = data.get("kind")
     if kind not in _REQUIRED:
         raise EdgeqError(f"boards/{name}.toml: 'kind' must be 'fpga' or 'mcu', got {kind!r}")
@@ -50,7 +51,18 @@ def list_boards() -> list[Board]:
 
 
 def get_board(name: str) -> Board:
-    """The board called ``name``; an unknown name is an EdgeqError listing the known ones."""
+    """The board called ``name``, or the board file ``name`` when it ends in ``.toml`` (your own board, same
+    keys as the shipped ones); an unknown name is an EdgeqError listing the known ones."""
+    if str(name).endswith(".toml"):
+        path = Path(name)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise EdgeqError(f"{path}: cannot read the board file ({e.strerror if isinstance(e, OSError) else e})"
+                             ) from None
+        board = _parse(path.stem, text)
+        return Board(name=board.data.get("name", path.stem), kind=board.kind, description=board.description,
+                     data=board.data)
     boards = {b.name: b for b in list_boards()}
     if name not in boards:
         raise EdgeqError(f"unknown board '{name}'; known boards: {', '.join(boards)} (see `edgeq boards`)")

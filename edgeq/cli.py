@@ -185,17 +185,30 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 @click.option("--synth", is_flag=True, help="Also run vitis_hls/vivado when they are on PATH.")
 @click.option("--allow-over-budget", is_flag=True, help="Warn instead of failing when the estimate exceeds the board.")
-@click.option("--trace", is_flag=True, help="Debug build: trace every layer in csim, compare each with the emulator.")
+@click.option("--trace", is_flag=True, help="Debug build. FPGA: trace every layer in csim and compare each with the "
+              "emulator. MCU: per-layer instruction counts and output hashes (first diverging layer).")
+@click.option("--mac", type=click.Choice(["fma", "mul-add"]), default="fma", show_default=True,
+              help="MCU: FP16 multiply-accumulate as one fused fma16 or as mul16 then add16.")
+@click.option("--simd", type=click.Choice(["auto", "off", "v2f16"]), default="auto", show_default=True,
+              help="MCU: 2-lane FP16 SIMD kernels (auto: when the board has v2f16).")
 @click.pass_obj
 def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, n_vectors: int, seed: int,
-          force: bool, synth: bool, allow_over_budget: bool, trace: bool) -> None:
-    """Build MODEL for BOARD into DIR and prove it bit-exact against the emulator (C simulation)."""
+          force: bool, synth: bool, allow_over_budget: bool, trace: bool, mac: str, simd: str) -> None:
+    """Build MODEL for BOARD into DIR and prove it bit-exact against the emulator.
+
+    FPGA boards: an HLS project, checked by C simulation. MCU boards: FP16 C firmware, checked by the same C
+    compiled for the host; run it on the board with `edgeq flash DIR`.
+    """
     from edgeq.backends.hls.build import BuildConfig, BuildFailed
     from edgeq.backends.hls.build import build as run_build
+    from edgeq.board import get_board
 
     cfg = BuildConfig(model=Path(model), board=board, out=Path(out_dir), vectors=Path(vectors) if vectors else None,
                       n_vectors=n_vectors, seed=seed, force=force, synth=synth, allow_over_budget=allow_over_budget,
                       trace=trace)
+    if get_board(board).kind == "mcu":
+        _build_mcu(ctx, cfg, mac == "fma", simd)
+        return
     steps = ["load", "lower", "cost", "vectors", "render", "csim"]
     with _progress(ctx, f"building for {board}", len(steps)) as update:
         def say(step: str) -> None:
@@ -210,6 +223,40 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
         click.echo(f"edgeq: warning: {w}", err=True)
     click.echo(f"{out_dir}: csim {cs['status']} ({cs['mismatches']} mismatches over {cs['vectors']} vectors, "
                f"{cs['seconds']} s); AMD tools: {report['tools']['status']}")
+
+
+def _build_mcu(ctx: _Ctx, cfg, fma: bool, simd: str) -> None:
+    from edgeq.backends.mcu.build import BuildFailed
+    from edgeq.backends.mcu.build import build as run_build
+
+    steps = ["load", "lower", "plan", "vectors", "render", "firmware", "host"]
+    with _progress(ctx, f"building for {cfg.board}", len(steps)) as update:
+        try:
+            report = run_build(cfg, say=lambda s: update(steps.index(s), len(steps)), fma=fma, simd=simd)
+        except BuildFailed as e:
+            click.echo(f"edgeq: build failed: {e}", err=True)
+            sys.exit(1)
+    h, fw = report["host_check"], report["firmware"]
+    click.echo(f"{cfg.out}: host check {h['status']} ({h['mismatches']} mismatches over {h['vectors']} vectors); "
+               f"RAM {fw['ram_used']:,}/{fw['ram_budget']:,} B, flash {fw['flash_used']:,}/{fw['flash_budget']:,} B; "
+               f"run it with `edgeq flash {cfg.out} --board {cfg.board}`")
+
+
+@cli.command()
+@click.argument("project_dir", metavar="DIR")
+@click.option("--board", "-b", required=True, help="The board DIR was built for (see `edgeq boards`).")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds before a hanging firmware is stopped.")
+@click.option("--port", default=None, help="Serial port of a real board's UART (default $EDGEQ_SERIAL_PORT).")
+@click.pass_obj
+def flash(ctx: _Ctx, project_dir: str, board: str, timeout: float, port: str | None) -> None:
+    """Run the firmware of an MCU project on BOARD; write DIR/hw_outputs.npy and DIR/hw_counters.json."""
+    from edgeq.backends.mcu.flash import flash as run_flash
+
+    with _progress(ctx, f"running on {board}", 1):
+        summary = run_flash(Path(project_dir), board, timeout=timeout, port=port)
+    click.echo(f"{project_dir}: ran {summary['vectors']} vectors on {board} in {summary['wall_s']:.1f} s; "
+               f"{summary['instret_per_inference']:,} instructions per inference; wrote hw_outputs.npy, "
+               f"hw_counters.json; check with `edgeq compare {project_dir}`")
 
 
 @cli.command()
@@ -227,7 +274,7 @@ def compare(ctx: _Ctx, project_dir: str, hw_outputs: str | None, as_json: bool, 
     DIR is a project written by `edgeq build`; the reference is edgeq.emulate re-run on DIR/model.onnx and
     DIR/vectors/input.npy.
     """
-    from edgeq.backends.hls.compare import compare_project, plot, summary_text
+    from edgeq.backends.compare import compare_project, plot, summary_text
 
     with _progress(ctx, "emulating the reference", 1) as update:
         summary = compare_project(project_dir, hw_outputs, progress=update)

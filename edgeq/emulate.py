@@ -25,7 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edgeq.errors import EdgeqError
-from edgeq.formats import FixedPoint, Float32, Int, round_float
+from edgeq.formats import FixedPoint, Float16, Float32, Int, round_float
 from edgeq.ingest import grid_of, is_power_of_two
 from edgeq.ir import Graph, Layer
 
@@ -107,7 +107,6 @@ def _values(fmt, v: np.ndarray) -> np.ndarray:
     if v.dtype.kind == "i":
         return np.ldexp(v.astype(np.float64), -fmt.frac_bits)
     return v
-    return _F32  # float glue, Int/Binary/MiniFloat values are float32 results (QONNX semantics)
 
 
 def run_layer(graph: Graph, layer: Layer, xs: list[np.ndarray]) -> np.ndarray:
@@ -125,6 +124,10 @@ def run_layer(graph: Graph, layer: Layer, xs: list[np.ndarray]) -> np.ndarray:
 
 def _quantize(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     fmt = graph.tensors[layer.output].format
+    grid = layer.attrs.get("grid")
+    if grid is not None:  # an MCU graph: the quantizer runs in float32, its output is stored as `fmt`
+        y = grid.quantize(x.astype(_F32, copy=False), dtype=_F32)
+        return Float16.round(y).astype(_F32) if isinstance(fmt, Float16) else y
     src = graph.tensors[layer.inputs[0]].format
     fixed = fmt.as_fixed() if isinstance(fmt, Int) else fmt if isinstance(fmt, FixedPoint) else None
     if isinstance(src, FixedPoint) and src.width > 24:
@@ -147,11 +150,22 @@ def _trunc(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     return codes * a["out_scale"]
 
 
-def _batchnorm(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
-    a = layer.attrs
+def batchnorm_coeffs(attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNorm's float32 scale and shift, computed in onnxruntime's order (also rendered into C)."""
+    a = attrs
     inv = _F32(1) / np.sqrt(a["var"] + a["epsilon"])
     s = inv * a["gamma"]
     b = a["beta"] - a["mean"] * s
+    return s.astype(_F32), b.astype(_F32)
+
+
+def _cast(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    """Cast to float16 (round to nearest even): MCU graphs, in front of FP16 multiply-accumulate."""
+    return Float16.round(x).astype(_F32)
+
+
+def _batchnorm(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    s, b = batchnorm_coeffs(layer.attrs)
     view = (1, -1) + (1,) * (x.ndim - 2)
     y = x.astype(_F32, copy=False) * s.reshape(view)
     y += b.reshape(view)  # a separate float32 add, as onnxruntime does (no fma)
@@ -184,7 +198,10 @@ def _clip(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
 
 
 def _add(graph: Graph, layer: Layer, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if isinstance(graph.tensors[layer.output].format, Float32):
+    fmt = graph.tensors[layer.output].format
+    if isinstance(fmt, Float16):  # one fp16 rounding of the exact sum
+        return Float16.round(a.astype(np.float64) + b.astype(np.float64)).astype(_F32)
+    if isinstance(fmt, Float32):
         return a.astype(_F32, copy=False) + b.astype(_F32, copy=False)
     return a.astype(np.float64) + b.astype(np.float64)  # exact: both on fixed-point grids that fit float64
 
@@ -239,6 +256,8 @@ def _maxpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
 
 def _avgpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     a = layer.attrs
+    if layer.contract.engine == "fp32":  # MCU: a float32 window sum in row-major order, then one division
+        return _avgpool_sequential(a, x)
     if a.get("global"):
         s = x.astype(np.float64).sum(axis=(2, 3), keepdims=True)
         count = np.float64(x.shape[2] * x.shape[3])
@@ -258,6 +277,38 @@ def _avgpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     cnt = sliding_window_view(ones, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
     count = cnt.sum(axis=(4, 5))
     return s.astype(_F32) / count.astype(_F32)
+
+
+def _global_pool_attrs(a: dict[str, Any], hw: tuple[int, ...]) -> dict[str, Any]:
+    if a.get("global"):
+        return {"kernel": tuple(hw), "strides": (1, 1), "pads": (0, 0, 0, 0), "count_include_pad": True}
+    return a
+
+
+def pool_counts(a: dict[str, Any], in_hw: tuple[int, int]) -> np.ndarray:
+    """(OH, OW) float32 divisors of an AvgPool (ONNX: count_include_pad, ceil_mode); also rendered into C."""
+    a = _global_pool_attrs(a, in_hw)
+    ones = np.ones((1, 1) + tuple(in_hw), dtype=_F32)
+    win, (pt, pl, pb, pr, eb, er) = _pool_windows(ones, a, 0.0)
+    if a["count_include_pad"]:  # padding counts, the ceil_mode overhang does not
+        inner = np.pad(np.ones((1, 1) + tuple(in_hw)), ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=1.0)
+        inner = np.pad(inner, ((0, 0), (0, 0), (0, eb), (0, er)))
+        kh, kw = a["kernel"]
+        sh, sw = a["strides"]
+        oh, ow = win.shape[2], win.shape[3]
+        win = sliding_window_view(inner, (kh, kw), axis=(2, 3))
+        win = win[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
+    return win.sum(axis=(4, 5))[0, 0].astype(_F32)
+
+
+def _avgpool_sequential(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    a = _global_pool_attrs(a, x.shape[2:])
+    win, _ = _pool_windows(x.astype(_F32, copy=False), a, 0.0)
+    s = np.zeros(win.shape[:4], dtype=_F32)
+    for i in range(win.shape[4]):
+        for j in range(win.shape[5]):
+            s += win[..., i, j]  # float32, one rounding per add (padded taps add +0: no change)
+    return s / pool_counts(a, x.shape[2:])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -319,6 +370,8 @@ def _weights_f32(layer: Layer) -> np.ndarray:
 
 
 def _dense(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    if layer.contract.engine.startswith("fp16"):
+        return _fp16_dense(layer, x)
     if _values_domain(graph, layer):
         y = x.astype(_F32, copy=False) @ _weights_f32(layer)
         return y + layer.bias.astype(_F32) if layer.bias is not None else y
@@ -337,6 +390,8 @@ def _dense(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
 
 def _conv(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     a = layer.attrs
+    if layer.contract.engine.startswith("fp16"):
+        return _fp16_conv(layer, x)
     if _values_domain(graph, layer):
         y = _ort_conv(layer, _weights_f32(layer), x, key="_ort_values")
         if layer.bias is not None:
@@ -411,8 +466,127 @@ def _ort_conv(layer: Layer, wc: np.ndarray, xc: np.ndarray, key: str = "_ort_ses
     return sess.run(None, {"x": np.ascontiguousarray(xc, dtype=np.float32)})[0]
 
 
+# ------------------------------------------------------------------------------------------------
+# FP16 multiply-accumulate (MCU graphs): the contract of backends/mcu/lower.py, bit for bit
+# ------------------------------------------------------------------------------------------------
+
+
+def _f16(v: np.ndarray) -> np.ndarray:
+    return Float16.round(v).astype(np.float64)
+
+
+def _fp16_step(acc: np.ndarray, w: np.ndarray, x: np.ndarray, fused: bool) -> np.ndarray:
+    """One MAC of the contract. Products of float16 values are exact in float64, and so is the sum
+    ``w*x + acc`` whenever the result is finite in float16, so one cast rounds it exactly once."""
+    p = w * x
+    return _f16(p + acc) if fused else _f16(_f16(p) + acc)
+
+
+def _exact_columns(xv: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per output column of ``xv @ w`` (xv: (M, K), w: (K, N) float16 values): True when *every*
+    partial sum, in any order and lane split, is exactly a float16. Then the contract's result is the
+    exact sum. Proof: all values are multiples of the power of two L = lsb(x)*lsb(w); a partial sum is
+    bounded by sum |x||w|; multiples of L up to 2048*L (and <= 65504) are float16 when L >= 2**-24."""
+    def lsb(v: np.ndarray) -> float:
+        n = np.abs(v[v != 0] * 2.0**24).astype(np.int64)  # float16 values are multiples of 2**-24
+        return math.ldexp(float(np.min(n & -n)), -24) if n.size else 1.0
+
+    unit = lsb(xv) * lsb(w)
+    if unit < 2.0**-24:
+        return np.zeros(w.shape[1], dtype=bool)
+    bound = np.abs(xv) @ np.abs(w)  # float64: exact enough (terms below 2**40, relative error ~K*2**-53)
+    return np.all(bound <= min(2048.0 * unit, 65504.0) * (1 - 1e-9), axis=0)
+
+
+def _fp16_lanes(acc_lanes: list[np.ndarray]) -> np.ndarray:
+    """Sum the SIMD lanes in fp16, lane 0 first."""
+    acc = acc_lanes[0]
+    for lane in acc_lanes[1:]:
+        acc = _f16(acc + lane)
+    return acc
+
+
+def _fp16_dense(layer: Layer, x: np.ndarray) -> np.ndarray:
+    c = layer.contract
+    lanes = int(layer.attrs.get("lanes", 1))
+    xv = x.astype(np.float64)
+    w = layer.weight.astype(np.float64)
+    exact = _exact_columns(xv, w)
+    out = xv @ w + 0.0  # the exact sums where proven exact (+0.0: a sequential sum from +0 is never -0)
+    todo = np.flatnonzero(~exact)
+    if todo.size:
+        wt = w[:, todo]
+        lanes_acc = [np.zeros((xv.shape[0], todo.size)) for _ in range(lanes)]
+        k_pad = -(-w.shape[0] // lanes) * lanes
+        for k in range(k_pad):
+            if k < w.shape[0]:
+                acc = lanes_acc[k % lanes]
+                lanes_acc[k % lanes] = _fp16_step(acc, wt[k][None, :], xv[:, k][:, None], c.fused)
+            else:  # the zero padding of K: fma(+0, +0, acc)
+                lanes_acc[k % lanes] = _fp16_step(lanes_acc[k % lanes], 0.0, 0.0, c.fused)
+        out[:, todo] = _fp16_lanes(lanes_acc)
+    if layer.bias is not None:
+        out = _f16(out + layer.bias.astype(np.float64)[None, :])
+    return out.astype(_F32)
+
+
+def _fp16_conv(layer: Layer, x: np.ndarray) -> np.ndarray:
+    per_sample = int(np.prod(x.shape[1:])) * layer.weight[0].size
+    step = max(1, _CHUNK_ELEMS // 2 // max(1, per_sample))  # bound the (samples*pixels, K) columns
+    if x.shape[0] > step:
+        return np.concatenate([_fp16_conv_chunk(layer, x[i : i + step]) for i in range(0, x.shape[0], step)])
+    return _fp16_conv_chunk(layer, x)
+
+
+def _fp16_conv_chunk(layer: Layer, x: np.ndarray) -> np.ndarray:
+    a = layer.attrs
+    c = layer.contract
+    lanes = int(a.get("lanes", 1))
+    w = layer.weight.astype(np.float64)
+    cout, cin_g, kh, kw = w.shape
+    g = a["group"]
+    sh, sw = a["strides"]
+    dh, dw = a["dilations"]
+    pt, pl, pb, pr = a["pads"]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    oh = (xp.shape[2] - ((kh - 1) * dh + 1)) // sh + 1
+    ow = (xp.shape[3] - ((kw - 1) * dw + 1)) // sw + 1
+    n = x.shape[0]
+    cout_g = cout // g
+    out = np.empty((n, cout, oh, ow))
+
+    def tap(ci: int, ky: int, kx: int) -> np.ndarray:  # (n, oh, ow) input values under tap (ky, kx)
+        return xp[:, ci, ky * dh : ky * dh + (oh - 1) * sh + 1 : sh, kx * dw : kx * dw + (ow - 1) * sw + 1 : sw]
+
+    for gi in range(g):
+        cos = slice(gi * cout_g, (gi + 1) * cout_g)
+        wg = w[cos].reshape(cout_g, -1)  # (cout_g, K) in (ci, ky, kx) order
+        taps = [(gi * cin_g + ci, ky, kx) for ci in range(cin_g) for ky in range(kh) for kx in range(kw)]
+        cols = np.stack([tap(*t) for t in taps], axis=-1).reshape(-1, len(taps))  # (n*oh*ow, K)
+        exact = _exact_columns(cols, wg.T)
+        res = (cols @ wg.T + 0.0).reshape(n, oh, ow, cout_g).transpose(0, 3, 1, 2)
+        todo = np.flatnonzero(~exact)
+        if todo.size:
+            wt = wg[todo]  # (m, K)
+            lanes_acc = [np.zeros((n, todo.size, oh, ow)) for _ in range(lanes)]
+            k_pad = -(-len(taps) // lanes) * lanes
+            for k in range(k_pad):
+                if k < len(taps):
+                    xk = tap(*taps[k])[:, None]
+                    lanes_acc[k % lanes] = _fp16_step(lanes_acc[k % lanes], wt[:, k][None, :, None, None], xk,
+                                                      c.fused)
+                else:
+                    lanes_acc[k % lanes] = _fp16_step(lanes_acc[k % lanes], 0.0, 0.0, c.fused)
+            res[:, todo] = _fp16_lanes(lanes_acc)
+        out[:, cos] = res
+    if layer.bias is not None:
+        out = _f16(out + layer.bias.astype(np.float64).reshape(1, -1, 1, 1))
+    return out.astype(_F32)
+
+
 _OPS = {
     "Quantize": _quantize,
+    "Cast": _cast,
     "Trunc": _trunc,
     "BatchNorm": _batchnorm,
     "FloatOp": _floatop,
@@ -427,4 +601,4 @@ _OPS = {
     "Dense": _dense,
 }
 
-__all__ = ["emulate", "run_chain", "run_layer", "step"]
+__all__ = ["batchnorm_coeffs", "emulate", "run_chain", "run_layer", "step"]

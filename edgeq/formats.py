@@ -763,6 +763,15 @@ class Float16(MiniFloat):
     def ctype(self, backend: str = "c") -> str:
         return {"c": "_Float16", "hls": "half"}[backend]
 
+    @staticmethod
+    def round(x: np.ndarray) -> np.ndarray:
+        """Round float64/float32 values to binary16 (RNE), as a float16 array.
+
+        The fast path of :meth:`quantize` for the MCU emulator: numpy's correctly rounded
+        conversion, tested equal to the general MiniFloat rule (``tests/test_formats_float16.py``).
+        """
+        return np.asarray(x).astype(np.float16)
+
     def __str__(self) -> str:
         return "float16"
 

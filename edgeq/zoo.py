@@ -109,6 +109,60 @@ def fixed_point_cnn(seed: int = 0, bit_width: int = 8, scales: str = "power_of_t
     return model, (1, 1, 8, 8)
 
 
+def depthwise_cnn(seed: int = 0, bit_width: int = 8):
+    """(model, input_shape): a small MobileNet-style fixed-point CNN on 3x16x16 inputs.
+
+    A 3x3 stem, a depthwise-separable block (3x3 depthwise, BatchNorm, ReLU; 1x1 pointwise, BatchNorm) with a
+    residual Add, a stride-2 depthwise conv, max pooling, and a Dense head with an Int32 bias.
+    """
+    import torch
+    from brevitas import nn as qnn
+    from brevitas.quant.fixed_point import (
+        Int8ActPerTensorFixedPoint,
+        Int8WeightPerTensorFixedPoint,
+        Uint8ActPerTensorFixedPoint,
+    )
+    from brevitas.quant.scaled_int import Int32Bias
+
+    kw = {"weight_quant": Int8WeightPerTensorFixedPoint, "weight_bit_width": bit_width, "bias": False}
+    act = {"act_quant": Int8ActPerTensorFixedPoint, "bit_width": bit_width}
+    relu = {"act_quant": Uint8ActPerTensorFixedPoint, "bit_width": bit_width}
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = qnn.QuantIdentity(**act, return_quant_tensor=True)
+            self.stem = qnn.QuantConv2d(3, 16, 3, padding=1, **kw)
+            self.bn0 = torch.nn.BatchNorm2d(16)
+            self.relu0 = qnn.QuantReLU(**relu)
+            self.dw = qnn.QuantConv2d(16, 16, 3, padding=1, groups=16, **kw)
+            self.bn1 = torch.nn.BatchNorm2d(16)
+            self.relu1 = qnn.QuantReLU(**relu)
+            self.pw = qnn.QuantConv2d(16, 16, 1, **kw)
+            self.bn2 = torch.nn.BatchNorm2d(16)
+            self.q2 = qnn.QuantIdentity(**act)
+            self.q_add = qnn.QuantIdentity(**act, return_quant_tensor=True)
+            self.dw2 = qnn.QuantConv2d(16, 16, 3, stride=2, padding=1, groups=16, **kw)
+            self.bn3 = torch.nn.BatchNorm2d(16)
+            self.relu3 = qnn.QuantReLU(**relu, return_quant_tensor=True)
+            self.pool = torch.nn.MaxPool2d(2)
+            self.fc = qnn.QuantLinear(16 * 4 * 4, 10, bias=True, bias_quant=Int32Bias,
+                                      weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=bit_width)
+
+        def forward(self, x):
+            x = self.inp(x)
+            y = self.relu0(self.bn0(self.stem(x)))
+            z = self.q2(self.bn2(self.pw(self.relu1(self.bn1(self.dw(y))))))
+            x = self.relu3(self.bn3(self.dw2(self.q_add(y + z))))  # residual add of two quantized tensors
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    torch.manual_seed(seed)
+    model = Net()
+    _randomize_batchnorm(model, torch.Generator().manual_seed(seed + 1))
+    model.eval()
+    return model, (1, 3, 16, 16)
+
+
 def minifloat_mlp(seed: int = 0, power_of_two_scales: bool = True):
     """(model, input_shape): FP8 E4M3 (OCP) activations and weights, for 1x8x8 inputs.
 

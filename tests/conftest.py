@@ -28,7 +28,8 @@ def exported(export_dir):
     def get(kind: str, *args):
         key = (kind,) + args
         if key not in cache:
-            build = {"bnn_pynq": zoo.bnn_pynq, "fixed": zoo.fixed_point_cnn, "minifloat": zoo.minifloat_mlp}[kind]
+            build = {"bnn_pynq": zoo.bnn_pynq, "fixed": zoo.fixed_point_cnn, "minifloat": zoo.minifloat_mlp,
+                     "depthwise": zoo.depthwise_cnn}[kind]
             model, shape = build(*args)
             path = export_dir / ("_".join(map(str, key)) + ".onnx")
             import torch

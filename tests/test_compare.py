@@ -88,7 +88,7 @@ def test_one_ulp_is_a_mismatch_named_with_its_bit_patterns(project, tmp_path):
 
 def test_equality_is_on_bit_patterns(project, tmp_path, monkeypatch):
     """-0.0 differs from 0.0; NaN equals NaN only with the same bits (reference values injected)."""
-    from edgeq.backends.hls import compare as c
+    from edgeq.backends import compare as c
 
     ref = np.zeros((64, 10))
     ref[:, 1] = np.nan

@@ -10,16 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from importlib import resources
 
 import numpy as np
 import pytest
 
+from edgeq.backends.mcu import toolchain
+
 CLANG, QEMU = shutil.which("clang-19"), shutil.which("qemu-system-riscv32")
-RV_FLAGS = ["--target=riscv32-unknown-elf", "-march=rv32imafc_zfh", "-mabi=ilp32f", "-O2", "-ffp-contract=off",
-            "-fno-math-errno", "-ffreestanding", "-nostdlib", "-fuse-ld=lld"]
-QEMU_ARGS = ["-machine", "virt", "-cpu", "rv32,Zfh=true", "-nographic", "-bios", "none",
-             "-semihosting-config", "enable=on,target=native", "-icount", "shift=0"]
 OPS = ("add", "sub", "mul", "div", "sqrt")
 
 
@@ -80,19 +77,14 @@ def _need(tool, name):
 def test_zfh_arithmetic_on_qemu_equals_numpy_float16(tmp_path):
     _need(CLANG, "clang-19")
     _need(QEMU, "qemu-system-riscv32")
-    fw = resources.files("edgeq.firmware")
     a, b = _operands()
     (tmp_path / "main.c").write_text(_program(a, b, host=False))
     elf = tmp_path / "fw.elf"
-    subprocess.run([CLANG, *RV_FLAGS, f"-I{fw / 'common'}", "-T", str(fw / "qemu-rv32" / "link.ld"),
-                    str(fw / "common" / "crt0.S"), str(fw / "common" / "semihost.c"), str(tmp_path / "main.c"),
-                    "-o", str(elf)], check=True, capture_output=True, timeout=120)
-    runs = [subprocess.run([QEMU, *QEMU_ARGS, "-kernel", str(elf)], capture_output=True, text=True, timeout=60)
-            for _ in range(2)]
-    for r in runs:
-        assert r.returncode == 0, r.stderr[-500:]
-    out = runs[0].stdout + runs[0].stderr  # semihosting output goes to the host's stdio
-    assert out == runs[1].stdout + runs[1].stderr  # deterministic
+    # crt0 + semihost.c + trap.c, linked with the script generated from boards/qemu-rv32.toml
+    toolchain.compile_elf("qemu-rv32", [tmp_path / "main.c"], elf)
+    runs = [toolchain.run_firmware("qemu-rv32", elf, timeout_s=60) for _ in range(2)]
+    out = runs[0].stdout  # semihosting output (QEMU's stderr), merged with its stdout
+    assert out == runs[1].stdout  # deterministic
     _check(out, a, b)
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgeq import __version__
+from edgeq.backends.common import atomic_project, load_vectors
 from edgeq.board import Board, get_board
 from edgeq.emulate import emulate
 from edgeq.errors import EdgeqError
@@ -136,29 +136,12 @@ def step_render(ctx: BuildContext) -> None:
     ctx.design.glue.save(ctx.tmp / "host")
 
 
-def _default_vectors(ctx: BuildContext) -> np.ndarray:
-    """A seeded batch in the input's valid range: [0, 1] (images) when float preprocessing precedes the
-    first quantizer, else the first quantizer's range widened by 10 % to exercise saturation."""
-    g, d = ctx.graph, ctx.design
-    rng = np.random.default_rng(ctx.cfg.seed)
-    shape = (ctx.cfg.n_vectors,) + tuple(g.input.shape)
-    if len(d.glue.prefix.layers) > 1:
-        return rng.uniform(0.0, 1.0, shape).astype(np.float32)
-    fmt = d.glue.in_format
-    span = (fmt.max - fmt.min) * 0.05
-    return rng.uniform(fmt.min - span, fmt.max + span, shape).astype(np.float32)
-
-
 def step_vectors(ctx: BuildContext) -> None:
     vdir = ctx.tmp / "vectors"
     vdir.mkdir()
-    if ctx.cfg.vectors is not None:
-        from edgeq.data import load_arrays
-
-        x, _ = load_arrays(ctx.cfg.vectors)
-    else:
-        x = _default_vectors(ctx)
-    ctx.x = np.asarray(x, dtype=np.float32)
+    glue = ctx.design.glue
+    ctx.x = load_vectors(ctx.cfg.vectors, ctx.cfg.n_vectors, ctx.graph.input.shape, ctx.cfg.seed,
+                         None if len(glue.prefix.layers) > 1 else glue.in_format)
     ctx.expected, ctx.trace = emulate(ctx.graph, ctx.x, trace=True, raw_trace=True)
     codes = ctx.design.glue.encode(ctx.x)
     np.save(vdir / "input.npy", ctx.x)
@@ -218,7 +201,7 @@ def run_csim(root: Path, exe: Path, codes: np.ndarray, out_elems: int, out_dtype
 
 def compare_traces(ctx: BuildContext, trace_dir: Path) -> list[dict]:
     """Every traced layer's csim codes against the emulator's (see :func:`compare.trace_rows`)."""
-    from edgeq.backends.hls.compare import trace_rows
+    from edgeq.backends.compare import trace_rows
 
     rows = trace_rows(ctx.design, ctx.hls["layer_names"], ctx.graph, ctx.trace, len(ctx.x), trace_dir)
     return [r for r in rows if r["status"] == "compared"]
@@ -397,15 +380,8 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> dict
     if board.kind != "fpga":
         raise EdgeqError(f"board '{board.name}' is a {board.kind} target; the MCU backend is not available yet. "
                          "Choose an FPGA board (see `edgeq boards`)")
-    out = Path(cfg.out)
-    if out.exists() and not cfg.force:
-        raise EdgeqError(f"{out}: already exists; pass --force to replace it or choose another --out")
-    if not Path(cfg.model).exists():
-        raise EdgeqError(f"{cfg.model}: no such file; pass the path of a QONNX .onnx model")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    ctx = BuildContext(cfg, board, tmp, say)
-    try:
+    with atomic_project(Path(cfg.out), cfg.force, Path(cfg.model)) as tmp:
+        ctx = BuildContext(cfg, board, tmp, say)
         for name, fn in (("load", step_load), ("lower", step_lower), ("cost", step_cost), ("vectors", step_vectors),
                          ("render", step_render), ("csim", step_csim)):
             say(name)
@@ -417,16 +393,7 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> dict
         step_tool_files(ctx, info)
         step_synth(ctx)
         write_reports(ctx)
-        old = None
-        if out.exists():  # keep the old project until the new one is in place
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    out = Path(cfg.out)
     if ctx.report["csim"]["status"] != "pass":
         div = ctx.report["csim"].get("first_divergence") or {}
         raise BuildFailed(

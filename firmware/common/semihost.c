@@ -1,5 +1,7 @@
-/* Arm-style semihosting over RISC-V (QEMU: -semihosting-config enable=on,target=native).
- * The trap sequence must be three uncompressed instructions: slli x0,x0,0x1f; ebreak; srai x0,x0,7. */
+/* edgeq I/O over Arm-style semihosting on RISC-V (QEMU: -semihosting-config enable=on,target=native).
+ * Output appears on QEMU's stderr. The trap sequence must be three uncompressed instructions:
+ * slli x0,x0,0x1f; ebreak; srai x0,x0,7. Each call costs a few instructions (the semihosting ebreak is
+ * counted), so keep I/O out of a measured region. */
 #include "edgeq_io.h"
 
 static long semihost(long op, const void *arg) {
@@ -16,6 +18,8 @@ void edgeq_puts(const char *s) { semihost(0x04 /* SYS_WRITE0 */, s); }
 
 void edgeq_put_hex(uint32_t v, int digits) {
     char buf[9];
+    if (digits < 1) digits = 1;
+    if (digits > 8) digits = 8;
     for (int i = digits - 1; i >= 0; i--) {
         buf[i] = "0123456789abcdef"[v & 15];
         v >>= 4;

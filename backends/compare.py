@@ -88,7 +88,19 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
     if not model.is_file():
         raise EdgeqError(f"{d}: not an edgeq build project ({model.name} is missing); pass the --out directory "
                          "of `edgeq build`")
-    graph = load(model)
+    mcu = _mcu_info(d)
+    if mcu is not None:  # the MCU's FP16 program is the reference; its float32 model is only reported
+        from edgeq.ir import load_graph
+
+        try:
+            graph = load_graph(d / mcu.get("program", "program.npz"))
+        except (OSError, ValueError, KeyError) as e:
+            raise EdgeqError(f"{d / 'program.npz'}: unreadable ({e}); rebuild the project with `edgeq build --force`"
+                             ) from None
+        reference_name = "program.npz"
+    else:
+        graph = load(model)
+        reference_name = model.name
     in_shape, out_shape = tuple(graph.input.shape), tuple(graph.output.shape)
 
     x_path = d / "vectors" / "input.npy"
@@ -101,6 +113,9 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
 
     hw_path = Path(hw_outputs) if hw_outputs is not None else d / HW_OUTPUTS
     if hw_outputs is None and not hw_path.is_file():
+        if mcu is not None:
+            raise EdgeqError(f"{hw_path}: no such file; run the firmware first: `edgeq flash {d} --board "
+                             f"{mcu.get('board')}`")
         raise EdgeqError(f"{hw_path}: no such file; run driver/run_on_board.py on the board and copy its "
                          f"{HW_OUTPUTS} here, or pass --hw-outputs (e.g. {d / 'csim' / 'outputs.npy'})")
     raw = load_npy(hw_path, "the outputs to check")
@@ -108,7 +123,7 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
                       f" ({n} vectors in {x_path.relative_to(d)} x model output {_shape_str(out_shape)})")
 
     trace_dir = d / "csim" / "trace"
-    traces = trace_dir.is_dir() and any(trace_dir.glob("*.bin"))
+    traces = mcu is None and trace_dir.is_dir() and any(trace_dir.glob("*.bin"))
     res = emulate(graph, x, trace=traces, progress=progress, raw_trace=True)
     want, emulated = (res if traces else (res, None))
     want = np.asarray(want, dtype=np.float64).reshape(shape)
@@ -139,7 +154,7 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
                  "abs_diff": _num(_abs_diff(g2[s, j], w2[s, j]))}
     summary: dict[str, Any] = {
         "project": str(d), "hw_outputs": str(hw_path), "hw_dtype": str(raw.dtype),
-        "reference": f"edgeq.emulate({model.name}, {x_path.relative_to(d)})",
+        "reference": f"edgeq.emulate({reference_name}, {x_path.relative_to(d)})",
         "identical": mism == 0, "vectors": n, "outputs": int(g2.shape[1]), "output_shape": list(out_shape),
         "values_compared": int(g2.size), "mismatches": mism,
         "mismatching_vectors": int(bad.any(axis=1).sum()),
@@ -150,7 +165,45 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
         "layers": layer_errors(d, graph, x, emulated, trace_dir) if traces else None,
         "trace_dir": str(trace_dir) if traces else None,
     }
+    if mcu is not None:
+        summary["mcu_layers"] = _mcu_layers(d, graph, x) if mism else None
     return summary
+
+
+def _mcu_info(d: Path) -> dict[str, Any] | None:
+    """build.json of an MCU project (None for FPGA projects)."""
+    import json
+
+    try:
+        info = json.loads((d / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("backend") == "mcu" else None
+
+
+def _mcu_layers(d: Path, graph, x: np.ndarray) -> dict[str, Any] | None:
+    """The first layer whose output hash (debug builds, DIR/hw_counters.json) differs from the emulator's."""
+    import json
+
+    from edgeq.backends.mcu.render import layer_hash
+
+    try:
+        rows = json.loads((d / "hw_counters.json").read_text()).get("layers")
+    except (OSError, ValueError):
+        return None
+    if not rows:
+        return {"note": "no per-layer hashes: rebuild with `edgeq build --trace` and flash again"}
+    _, trace = emulate(graph, x, trace=True)
+    for i, (lay, row) in enumerate(zip(graph.layers, rows)):
+        if row.get("hash") is None:  # fused into an element-wise chain: checked with its last layer
+            continue
+        want = layer_hash(trace[lay.name], graph.tensors[lay.output].format)
+        got = np.array([-1 if h is None else h for h in row["hash"]], dtype=np.int64).astype(np.uint64)
+        if got.shape != want.shape or np.any(got != want):
+            bad = np.flatnonzero(got != want) if got.shape == want.shape else np.arange(len(want))
+            return {"first_diverging_layer": lay.name, "op": lay.op, "onnx": list(lay.source), "index": i,
+                    "mismatching_vectors": int(bad.size)}
+    return {"first_diverging_layer": None, "note": "every layer hash agrees; only the outputs differ"}
 
 
 def layer_errors(d: Path, graph, x: np.ndarray, emulated: dict[str, np.ndarray], trace_dir: Path) -> list[dict]:
@@ -242,6 +295,11 @@ def summary_text(s: dict[str, Any], limit: int = 20) -> str:
     lines.append(f"{s['expected_file']}: " + ("missing" if agrees is None else "agrees with the emulator"
                                               if agrees else "DIFFERS from the emulator (stale or modified "
                                               "project? the comparison above uses the fresh emulation)"))
+    if s.get("mcu_layers"):
+        m = s["mcu_layers"]
+        lines.append("MCU layer hashes: " + (f"first diverging layer {m['first_diverging_layer']} ({m['op']}), "
+                                             f"{m['mismatching_vectors']} vectors" if m.get("first_diverging_layer")
+                                             else m.get("note", "")))
     if s["layers"] is not None:
         diverging = [r for r in s["layers"] if r.get("mismatching_elements")]
         lines.append(f"C simulation traces ({s['trace_dir']}): " + (

@@ -1,0 +1,1 @@
+"""MCU backend: RISC-V FP16 C kernels, firmware, memory plan, flashing."""

@@ -1,0 +1,197 @@
+"""Lower an edgeq graph to the MCU's FP16 program: the same layers, with the arithmetic an RV32 Zfh core runs.
+
+The result is again an :class:`edgeq.ir.Graph`. Its tensors are ``float16`` or ``float32`` and every
+layer's :class:`~edgeq.ir.Contract` says exactly how the MCU computes it; :func:`edgeq.emulate.emulate`
+runs that contract bit for bit, and the C renderer emits it. The rules:
+
+* **Multiply-accumulate** (Conv2d, Dense) in FP16. Weights and bias become float16 (exactly when their
+  values fit, else rounded to nearest even, as declared and reported). Per output: the lanes start at
+  +0; k runs over (ci, ky, kx) in ascending order over the zero-padded input (padded taps included);
+  each step is ``fma16`` (one rounding) or ``mul16`` then ``add16`` (two), as ``fused`` says; with two
+  lanes (v2f16 SIMD) even k go to lane 0 and odd k to lane 1, K is padded to even, and the lanes are
+  summed in FP16; the bias is added last, in FP16.
+* **Float glue** (quantizers, Trunc, BatchNorm, element-wise constants, Clip, AvgPool) runs in FP32 in
+  QONNX's (onnxruntime's) order, so it equals the float32 model on equal inputs. A quantizer writes
+  float16 when every value of its grid is exactly a float16, otherwise float32.
+* **A MAC layer fed by a float32 tensor** gets an explicit ``Cast`` to float16 (RNE) in front of it.
+* Relu, MaxPool, Reshape and Transpose keep their input's type; Add is FP16 when both inputs are
+  float16, else FP32.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeq.errors import EdgeqError
+from edgeq.formats import Binary, FixedPoint, Float16, Float32, Int, NumFormat
+from edgeq.ir import Contract, Graph, Layer, Tensor
+
+F16, F32 = Float16(), Float32()
+
+_GLUE = {"Trunc", "BatchNorm", "FloatOp", "Clip", "AvgPool"}
+_SAME_TYPE = {"Relu", "MaxPool", "Reshape", "Transpose"}
+_GLUE_CONTRACT = Contract(rounding="float32 after every operation (QONNX/onnxruntime order)", engine="fp32")
+
+
+@dataclass
+class McuOptions:
+    """Arithmetic choices of an MCU build, declared in every MAC layer's contract."""
+
+    fused: bool = True  # fma16 (one rounding per multiply-add) or mul16 + add16
+    lanes: int = 1  # 1: scalar Zfh; 2: v2f16 SIMD (even/odd k in two lanes)
+
+    def mac_contract(self) -> Contract:
+        step = "fma16 (one rounding per multiply-add)" if self.fused else "mul16 then add16 (two roundings)"
+        if self.lanes == 1:
+            order = "sequential over k=(ci,ky,kx) from +0, padded taps included; bias added last in fp16"
+        else:
+            order = (f"{self.lanes} lanes: k mod {self.lanes} selects the lane, each sequential from +0, K padded "
+                     "with zeros to a multiple of the lanes; lanes summed in fp16; bias added last in fp16")
+        return Contract(accumulator=F16, rounding=f"fp16 at every step: {step}", fused=self.fused, order=order,
+                        engine=f"fp16 lanes={self.lanes}")
+
+
+@dataclass
+class Conversion:
+    """One place where a value becomes float16: exact, or rounded (with how much it moved)."""
+
+    layer: str
+    what: str
+    exact: bool
+    max_abs_change: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "what": self.what, "exact": self.exact, "max_abs_change": self.max_abs_change}
+
+
+@dataclass
+class McuLowering:
+    graph: Graph
+    conversions: list[Conversion] = field(default_factory=list)
+
+
+def grid_values(fmt: NumFormat) -> np.ndarray | None:
+    """Every value of a small quantizer grid (float32, as QONNX computes them), or None if unknown/large."""
+    if isinstance(fmt, Int):
+        if fmt.bipolar:
+            codes = np.array([-1.0, 1.0], dtype=np.float32)
+        elif fmt.width <= 16:
+            codes = np.arange(fmt.code_min, fmt.code_max + 1, dtype=np.float32)
+        else:
+            return None
+        vals = []
+        for s in fmt.scale:
+            for z in fmt.zero_point:
+                vals.append((codes - np.float32(z)) * np.float32(s))
+        return np.concatenate(vals)
+    if isinstance(fmt, FixedPoint) and fmt.width <= 16:
+        return fmt.decode(np.arange(fmt.code_min, fmt.code_max + 1)).astype(np.float32)
+    if isinstance(fmt, Binary):
+        return np.array([-1.0, 1.0], dtype=np.float32)
+    return None
+
+
+def fits_f16(fmt: NumFormat) -> bool:
+    """True when every value of ``fmt`` is exactly a float16."""
+    if isinstance(fmt, Float16):
+        return True
+    v = grid_values(fmt)
+    return v is not None and bool(np.all(v.astype(np.float16).astype(np.float32) == v))
+
+
+def _to_f16(values: np.ndarray, layer: str, what: str, notes: list[Conversion]) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    h = Float16.round(v).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        change = np.abs(h - v)
+    if not np.all(np.isfinite(h)):
+        raise EdgeqError(f"layer '{layer}': {what} overflows float16 (|value| > 65504); "
+                         "the MCU backend stores weights as float16: rescale the layer")
+    exact = bool(np.all(change == 0))
+    notes.append(Conversion(layer, what, exact, float(change.max()) if change.size else 0.0))
+    return h
+
+
+def lower_fp16(graph: Graph, opts: McuOptions | None = None) -> McuLowering:
+    """The MCU program of ``graph`` (see the module doc). Raises EdgeqError for what the MCU cannot run."""
+    opts = opts or McuOptions()
+    if opts.lanes not in (1, 2):
+        raise EdgeqError(f"SIMD lanes must be 1 or 2, got {opts.lanes}")
+    notes: list[Conversion] = []
+    tensors: dict[str, Tensor] = {}
+    layers: list[Layer] = []
+    orig = graph.tensors  # formats of the original graph: the grids values lie on
+
+    for name in graph.inputs:
+        t = orig[name]
+        tensors[name] = Tensor(name, t.shape, F32)
+
+    def fmt_of(name: str) -> NumFormat:
+        return tensors[name].format
+
+    def add(layer: Layer, out_fmt: NumFormat) -> None:
+        shape = orig[layer.output].shape if layer.output in orig else orig[layer.inputs[0]].shape
+        tensors[layer.output] = Tensor(layer.output, shape, out_fmt)
+        layers.append(layer)
+
+    for src in graph.layers:
+        lay = copy.copy(src)
+        lay.attrs = dict(src.attrs)
+        lay.inputs = list(src.inputs)
+        for key in list(lay.__dict__):  # drop the emulator's per-layer caches
+            if key.startswith("_"):
+                del lay.__dict__[key]
+        op = lay.op
+        if op in ("Conv2d", "Dense"):
+            x = lay.inputs[0]
+            if not isinstance(fmt_of(x), Float16):
+                exact = fits_f16(orig[x].format)
+                cast_out = f"{x}__f16"
+                add(Layer(name=f"{lay.name}_cast", op="Cast", inputs=[x], output=cast_out, source=list(lay.source),
+                          contract=Contract(rounding="none: exact" if exact else "float32 to float16, RNE",
+                                            engine="fp32")), F16)
+                notes.append(Conversion(f"{lay.name}_cast", f"input {orig[x].format} to float16", exact))
+                lay.inputs = [cast_out]
+            lay.attrs["input_grid"] = orig[x].format
+            lay.weight = _to_f16(src.weight, lay.name, f"weights ({src.weight_format})", notes)
+            lay.weight_format = F16
+            if src.bias is not None:
+                lay.bias = _to_f16(src.bias, lay.name, f"bias ({src.bias_format})", notes)
+                lay.bias_format = F16
+            lay.attrs["lanes"] = opts.lanes
+            lay.contract = opts.mac_contract()
+            add(lay, F16)
+        elif op == "Quantize":
+            grid = orig[lay.output].format
+            if not isinstance(grid, (Int, FixedPoint)):
+                raise EdgeqError(
+                    f"layer '{lay.name}' ({', '.join(lay.source)}): {grid} quantizers are not supported by the MCU "
+                    "backend (integer and fixed-point quantizers are); use an FPGA board for minifloat models")
+            lay.attrs["grid"] = grid
+            lay.contract = _GLUE_CONTRACT
+            add(lay, F16 if fits_f16(grid) else F32)
+        elif op in _GLUE:
+            if op == "FloatOp" and lay.attrs["fn"] == "pow":
+                raise EdgeqError(f"layer '{lay.name}' ({', '.join(lay.source)}): Pow is not supported by the MCU "
+                                 "backend (no libm in the firmware); fold it into a constant or a Mul")
+            lay.contract = _GLUE_CONTRACT if op != "AvgPool" else Contract(
+                rounding="float32 at every step", order="window sum in float32, row-major from +0; then one "
+                "float32 division by the count", engine="fp32")
+            add(lay, F32)
+        elif op in _SAME_TYPE:
+            lay.contract = Contract(engine="exact")
+            add(lay, fmt_of(lay.inputs[0]))
+        elif op == "Add":
+            both16 = all(isinstance(fmt_of(i), Float16) for i in lay.inputs)
+            lay.contract = Contract(rounding="fp16 add" if both16 else "float32 add", engine="fp16" if both16
+                                    else "fp32")
+            add(lay, F16 if both16 else F32)
+        else:  # pragma: no cover - ingest only emits known ops
+            raise EdgeqError(f"layer '{lay.name}': op {op} is not supported by the MCU backend")
+
+    mcu = Graph(f"{graph.name}", list(graph.inputs), list(graph.outputs), tensors, layers, graph.source_path)
+    return McuLowering(mcu, notes)

@@ -1,0 +1,65 @@
+/* edgeq FP16 neural-network kernels for microcontrollers (RV32 + Zfh; also builds on the host for checks).
+ *
+ * Freestanding C: no libc, no heap. Every buffer is given by the caller.
+ *
+ * Arithmetic contract (the emulator implements exactly this; the kernels match it bit for bit):
+ *   MAC(acc, w, x):  EDGEQ_FUSED=1  acc = fp16(w*x + acc), one rounding (RISC-V: fmadd.h)
+ *                    EDGEQ_FUSED=0  acc = fp16(acc + fp16(w*x)), two roundings
+ *   Each output starts with its accumulator lane(s) at +0.0 and takes one MAC per k in ascending order,
+ *   where k runs over the flattened (ci, ky, kx) of its group (ci slowest) over the ZERO-PADDED input:
+ *   padded taps are executed with x = +0.0.
+ *   EDGEQ_LANES=1: one accumulator.  EDGEQ_LANES=2: even k go to lane 0, odd k to lane 1; an odd K gets one
+ *   trailing MAC(lane1, +0, +0); the sum is fp16(lane0 + lane1).
+ *   With a bias: y = fp16(sum + bias[co]); without: y = sum.
+ * Kernels change only the schedule (blocking, unrolling, packing), never the per-output order of roundings.
+ * Compile with -ffp-contract=off (always) and, on the host, gcc -fexcess-precision=16.
+ *
+ * Tensors are one sample, NCHW without batch: x (cin, ih, iw), y (cout, oh, ow), contiguous.
+ * Weights are packed by edgeq.backends.mcu.kernels (pack_conv / pack_dense), which documents the layouts:
+ *   conv:  [group][co_block][k][CB] with CB = EDGEQ_CONV_CB (1 for depthwise: group == cin == cout),
+ *          k = flattened (ci, ky, kx) of the group, the last co_block zero-padded to CB channels.
+ *   dense: blocks of EDGEQ_DENSE_NB outputs, then one block each of the remaining powers of two
+ *          (e.g. N = 10 with NB 16: blocks 8, 2); each block is [k][nb].
+ */
+#ifndef EDGEQ_NN_H
+#define EDGEQ_NN_H
+
+#ifndef EDGEQ_LANES
+#define EDGEQ_LANES 1
+#endif
+#ifndef EDGEQ_FUSED
+#define EDGEQ_FUSED 1
+#endif
+
+typedef _Float16 edgeq_f16;
+
+/* The 2-lane SIMD type of PULP-style cores (vfmac); this build computes the same lanes with scalar Zfh. */
+typedef _Float16 edgeq_v2f16 __attribute__((vector_size(4)));
+
+/* Output channels per packed conv weight block, and outputs per full dense block. */
+#define EDGEQ_CONV_CB (EDGEQ_LANES == 2 ? 2 : 4)
+#define EDGEQ_DENSE_NB (EDGEQ_LANES == 2 ? 8 : 16)
+
+/* One 2-D convolution. Kernel (kh, kw); stride (sh, sw); dilation (dh, dw); zero padding top/left/bottom/right
+ * (pt, pl, pb, pr); groups (cin and cout divisible by group). oh/ow must equal
+ * (ih + pt + pb - dh*(kh-1) - 1)/sh + 1 and (iw + pl + pr - dw*(kw-1) - 1)/sw + 1. */
+typedef struct {
+    int cin, ih, iw, cout, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, group;
+} edgeq_conv_t;
+
+/* Elements of scratch that edgeq_conv2d needs (same formula as kernels.conv_scratch_elems):
+ *   (any padding ? (cin/group) * (ih+pt+pb) * (iw+pl+pr) : 0) + 1 + 2 * (cin/group) * kh * kw
+ * i.e. one zero-padded copy of one group's input, then an int32 offset table (the +1 aligns it). */
+int edgeq_conv2d_scratch_elems(const edgeq_conv_t *p);
+
+/* y = conv(x, w) (+ bias). w_packed as above; bias has cout elements or is NULL; scratch holds
+ * edgeq_conv2d_scratch_elems(p) elements (2-byte aligned). x, y and scratch must not overlap. */
+void edgeq_conv2d(const edgeq_conv_t *p, const edgeq_f16 *x, const edgeq_f16 *w_packed, const edgeq_f16 *bias,
+                  edgeq_f16 *y, edgeq_f16 *scratch);
+
+/* y[n] = sum_k x[k] * W[k][n] (+ bias[n]) for a (k, n) weight matrix, packed as above. scratch is unused (the
+ * dense kernel needs 0 elements) and may be NULL. */
+void edgeq_dense(int k, int n, const edgeq_f16 *x, const edgeq_f16 *w_packed, const edgeq_f16 *bias, edgeq_f16 *y,
+                 edgeq_f16 *scratch);
+
+#endif

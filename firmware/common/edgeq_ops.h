@@ -1,0 +1,81 @@
+/* edgeq element-wise and pooling operations for the MCU backend (float glue, FP16 adds, pooling).
+ *
+ * Each function is the C rendering of one rule of edgeq's numeric core (edgeq/formats.py, edgeq/emulate.py):
+ * every float operation is one IEEE float32 (or float16) operation, in the same order as the emulator, and
+ * the file must be compiled with -ffp-contract=off (and -fexcess-precision=16 on x86 hosts) so no compiler
+ * fuses or widens anything. Signed zeros follow numpy: maximum(a, b) = a > b ? a : b, clip keeps x unless
+ * strictly outside, and round-to-integral keeps the sign of its input.
+ */
+#ifndef EDGEQ_OPS_H
+#define EDGEQ_OPS_H
+#include <stdint.h>
+
+typedef _Float16 edgeq_f16;
+
+/* Rounding modes, in the order of edgeq.formats.ROUNDING_MODES. */
+enum { EDGEQ_TRN, EDGEQ_TRN_ZERO, EDGEQ_RND, EDGEQ_RND_ZERO, EDGEQ_RND_MIN_INF, EDGEQ_RND_INF, EDGEQ_RND_CONV,
+       EDGEQ_CEIL, EDGEQ_UP };
+/* Overflow modes, in the order of edgeq.formats.OVERFLOW_MODES. */
+enum { EDGEQ_WRAP, EDGEQ_SAT, EDGEQ_SAT_ZERO, EDGEQ_SAT_SYM };
+
+/* round_float(v, mode) of edgeq.formats: IEEE round-to-integral for the four IEEE modes (the sign of a zero
+ * result is the sign of v), otherwise floor plus a comparison with the exact midpoint floor(v) + 1/2. */
+static inline float edgeq_round(float v, int mode) {
+    switch (mode) {
+    case EDGEQ_RND_CONV: return __builtin_rintf(v);
+    case EDGEQ_TRN: return __builtin_floorf(v);
+    case EDGEQ_CEIL: return __builtin_ceilf(v);
+    case EDGEQ_TRN_ZERO: return __builtin_truncf(v);
+    default: break;
+    }
+    float fl = __builtin_floorf(v);
+    int inexact = v != fl, negative = v < 0.0f;
+    float half = fl + 0.5f;
+    int above = inexact && v > half, tie = inexact && v == half, inc;
+    switch (mode) {
+    case EDGEQ_UP: inc = inexact && !negative; break;
+    case EDGEQ_RND: inc = above || tie; break;
+    case EDGEQ_RND_MIN_INF: inc = above; break;
+    case EDGEQ_RND_ZERO: inc = above || (tie && negative); break;
+    case EDGEQ_RND_INF: inc = above || (tie && !negative); break;
+    default: inc = 0; break;
+    }
+    return inc ? fl + 1.0f : fl;
+}
+
+/* numpy's clip / maximum / minimum, signed zeros included. */
+static inline float edgeq_clip(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+static inline float edgeq_max(float a, float b) { return a > b ? a : b; }
+static inline float edgeq_min(float a, float b) { return a < b ? a : b; }
+
+/* Integer codes of QONNX Quant (edgeq.formats.Int.quantize_codes), in float32: x / s (+ z), clip, round. */
+static inline float edgeq_int_codes(float x, float s, float z, int has_z, float lo, float hi, int mode) {
+    float y = x / s;
+    if (has_z) y = y + z;
+    return edgeq_round(edgeq_clip(y, lo, hi), mode);
+}
+
+/* QONNX Quant values: codes * s, or (codes - z) * s with a zero point. */
+static inline float edgeq_quant_int(float x, float s, float z, int has_z, float lo, float hi, int mode) {
+    float q = edgeq_int_codes(x, s, z, has_z, lo, hi, mode);
+    return has_z ? (q - z) * s : q * s;
+}
+
+/* BipolarQuant: (x / s >= 0 ? 1 : -1) * s. */
+static inline float edgeq_quant_bipolar(float x, float s) { return (x / s >= 0.0f ? 1.0f : -1.0f) * s; }
+
+/* ap_fixed assignment from a float (edgeq.formats.FixedPoint.quantize_codes) for SAT-family overflow and
+ * width <= 24: clip to +-lim = 2^(int_bits+1), scale by up = 2^frac (exact), round, saturate the integer code
+ * to [lo, hi], and scale back by down = 2^-frac. (WRAP is refused by the MCU lowering.) */
+static inline float edgeq_quant_fixed(float x, float lim, float up, float down, int32_t lo, int32_t hi, int mode,
+                                      int ovf) {
+    x = edgeq_clip(x, -lim, lim);
+    float s = x * up;
+    if (s == 0.0f && x != 0.0f) s = __builtin_copysignf(0.25f, x);
+    int32_t c = (int32_t)edgeq_round(s, mode);
+    if (c > hi || c < lo) c = ovf == EDGEQ_SAT_ZERO ? 0 : (c > hi ? hi : lo);
+    if (ovf == EDGEQ_SAT_SYM && lo < 0 && c <= lo) c = lo | 1;
+    return (float)c * down;
+}
+
+#endif
