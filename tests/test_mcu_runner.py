@@ -73,10 +73,10 @@ BUDGET = r"""
 #include "edgeq_io.h"
 volatile int idx = 1;
 #ifdef BIG_FLASH
-const unsigned char weights[2 * 1024 * 1024] = {1};
+const unsigned char weights[5 * 1024 * 1024] = {1};
 #endif
 #ifdef BIG_RAM
-unsigned char arena[300 * 1024];
+unsigned char arena[600 * 1024];
 #endif
 __attribute__((section(".edgeq_testdata"))) const unsigned char vectors[100000] = {7, 8};
 volatile int initialised[4] = {1, 2, 3, 4};
@@ -229,8 +229,8 @@ def test_sizes_follow_the_board_and_testdata_is_outside_the_budgets(tmp_path):
         assert tc.run_firmware("qemu-rv32", tmp_path / "fw.elf", timeout_s=10).stdout == "0a\n"
 
 
-@pytest.mark.parametrize(("define", "region", "budget"), [("BIG_FLASH", "FLASH", "flash_kib = 1024"),
-                                                          ("BIG_RAM", "RAM", "ram_kib = 256")])
+@pytest.mark.parametrize(("define", "region", "budget"), [("BIG_FLASH", "FLASH", "flash_kib = 4096"),
+                                                          ("BIG_RAM", "RAM", "ram_kib = 512")])
 def test_a_region_overflow_names_the_region_and_the_budget(tmp_path, define, region, budget):
     _need_compiler()
     src = tmp_path / "budget.c"
@@ -254,12 +254,12 @@ def test_a_compile_error_carries_the_compiler_output(tmp_path):
 
 def test_the_link_script_comes_from_the_board_toml():
     text = tc.render_link_script("qemu-rv32")
-    assert "FLASH (rx)     : ORIGIN = 0x80000000, LENGTH = 0x100000" in text
-    assert "RAM (rwx)      : ORIGIN = 0x80100000, LENGTH = 0x40000" in text
-    assert "TESTDATA (rw)  : ORIGIN = 0x80140000, LENGTH = 0x400000" in text
+    assert "FLASH (rx)     : ORIGIN = 0x80000000, LENGTH = 0x400000" in text
+    assert "RAM (rwx)      : ORIGIN = 0x80400000, LENGTH = 0x80000" in text
+    assert "TESTDATA (rw)  : ORIGIN = 0x80480000, LENGTH = 0x400000" in text
     assert "__stack_size = 0x2000;" in text and "@" not in text.split("*/", 1)[1]
     cmd = tc.simulator_command("spike-rv32", "fw.elf")
-    assert "--isa=rv32imafc_zfh_zicntr" in cmd and "-m0x80000000:0x800000" in cmd
+    assert "--isa=rv32imafc_zfh_zicntr" in cmd and "-m0x80000000:0xc00000" in cmd
 
 
 def test_host_compile_runs_the_same_c_with_zero_counters(tmp_path):

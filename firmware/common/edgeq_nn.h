@@ -1,25 +1,29 @@
 /* edgeq FP16 neural-network kernels for microcontrollers (RV32 + Zfh; also builds on the host for checks).
  *
- * Freestanding C: no libc, no heap. Every buffer is given by the caller.
+ * Freestanding C: no libc, no heap, no memcpy/memset calls. Every buffer is given by the caller.
+ * RISC-V: clang --target=riscv32-unknown-elf -march=rv32imafc_zfh -mabi=ilp32f -O2 -ffp-contract=off
+ *         -fno-math-errno -ffreestanding.   Host: gcc -O2 -ffp-contract=off -fexcess-precision=16.
+ * Build-time macros: EDGEQ_LANES (1 or 2, default 1) and EDGEQ_FUSED (0 or 1, default 1); the packing on the
+ * Python side (edgeq.backends.mcu.kernels) must use the same lanes.
  *
  * Arithmetic contract (the emulator implements exactly this; the kernels match it bit for bit):
  *   MAC(acc, w, x):  EDGEQ_FUSED=1  acc = fp16(w*x + acc), one rounding (RISC-V: fmadd.h)
  *                    EDGEQ_FUSED=0  acc = fp16(acc + fp16(w*x)), two roundings
  *   Each output starts with its accumulator lane(s) at +0.0 and takes one MAC per k in ascending order,
  *   where k runs over the flattened (ci, ky, kx) of its group (ci slowest) over the ZERO-PADDED input:
- *   padded taps are executed with x = +0.0.
+ *   padded taps are executed with x = +0.0. Dense: k ascending over x.
  *   EDGEQ_LANES=1: one accumulator.  EDGEQ_LANES=2: even k go to lane 0, odd k to lane 1; an odd K gets one
  *   trailing MAC(lane1, +0, +0); the sum is fp16(lane0 + lane1).
  *   With a bias: y = fp16(sum + bias[co]); without: y = sum.
  * Kernels change only the schedule (blocking, unrolling, packing), never the per-output order of roundings.
- * Compile with -ffp-contract=off (always) and, on the host, gcc -fexcess-precision=16.
  *
- * Tensors are one sample, NCHW without batch: x (cin, ih, iw), y (cout, oh, ow), contiguous.
- * Weights are packed by edgeq.backends.mcu.kernels (pack_conv / pack_dense), which documents the layouts:
- *   conv:  [group][co_block][k][CB] with CB = EDGEQ_CONV_CB (1 for depthwise: group == cin == cout),
- *          k = flattened (ci, ky, kx) of the group, the last co_block zero-padded to CB channels.
- *   dense: blocks of EDGEQ_DENSE_NB outputs, then one block each of the remaining powers of two
- *          (e.g. N = 10 with NB 16: blocks 8, 2); each block is [k][nb].
+ * Tensors are one sample, NCHW without batch: x (cin, ih, iw), y (cout, oh, ow), contiguous, edgeq_f16.
+ * Weights (in flash) are packed by edgeq.backends.mcu.kernels (pack_conv / pack_dense):
+ *   conv:  [group][co_block][k][CB] with CB = EDGEQ_CONV_CB (4, or 2 with 2 lanes), or CB = 1 for a depthwise
+ *          conv (group == cin == cout); k = flattened (ci, ky, kx) of the group; the last co_block of each
+ *          group zero-padded to CB channels.
+ *   dense: [block][k][nb]: blocks of EDGEQ_DENSE_NB outputs (16, or 8 with 2 lanes), then one block for each
+ *          remaining power of two, largest first (e.g. N = 10 with NB 16: blocks 8, 2).
  */
 #ifndef EDGEQ_NN_H
 #define EDGEQ_NN_H
@@ -52,8 +56,9 @@ typedef struct {
  * i.e. one zero-padded copy of one group's input, then an int32 offset table (the +1 aligns it). */
 int edgeq_conv2d_scratch_elems(const edgeq_conv_t *p);
 
-/* y = conv(x, w) (+ bias). w_packed as above; bias has cout elements or is NULL; scratch holds
- * edgeq_conv2d_scratch_elems(p) elements (2-byte aligned). x, y and scratch must not overlap. */
+/* y = conv(x, w) (+ bias). w_packed as above; bias has cout elements or is NULL; scratch (always needed: it
+ * holds the tap table) has edgeq_conv2d_scratch_elems(p) elements, 2-byte aligned. x, y, scratch must not
+ * overlap. The parameters are trusted (kernels.conv_params checks them on the host). */
 void edgeq_conv2d(const edgeq_conv_t *p, const edgeq_f16 *x, const edgeq_f16 *w_packed, const edgeq_f16 *bias,
                   edgeq_f16 *y, edgeq_f16 *scratch);
 
