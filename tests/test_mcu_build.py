@@ -78,8 +78,13 @@ def test_build_flash_compare_is_bit_exact(projects, model, board):
     assert len(inst) == 32 and min(inst) > 0
     layers = counters["layers"]
     assert [r["layer"] for r in layers] == [lay["name"] for lay in rep["layers"]]
-    # the per-layer counts cover the inference (the harness's own loop and calls are the remainder)
-    assert 0.95 * inst[0] <= sum(r["instret"][0] for r in layers) <= inst[0]
+    # debug builds report per-layer counts (a fused element-wise chain on its last layer) and they sum to the
+    # inference's count, which the harness takes as that sum
+    counted = [r for r in layers if r["instret"] is not None]
+    assert all(r["fused_into"] in {c["layer"] for c in counted} for r in layers if r["instret"] is None)
+    assert sum(r["instret"][0] for r in counted) == inst[0]
+    macs = [r for r in counted if r["macs"]]
+    assert macs and all(r["instret"][0] > 0 for r in macs)
 
     cmp = edgeq_cli("compare", out, "--json")
     assert cmp.returncode == 0, cmp.stdout + cmp.stderr

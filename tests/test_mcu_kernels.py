@@ -131,8 +131,10 @@ HOST_CASES = [
     Dense(50, 31, data="large"),
     Dense(20, 40, data="mixed"),
     Dense(24, 9, bias=False, data="zeros"),
+    Dense(2, 400, bias=False, data="ties"),  # y = fma(b, 1, a): on and next to half-way points
+    Dense(2, 400, bias=False, data="near-ties"),  # y = fma(b, 1025/1024, a): 21-bit products next to half-way
 ]
-QEMU_CASES = [HOST_CASES[i] for i in (0, 1, 2, 4, 6, 8, 10, 14, 17, 18, 24, 28)] + [Dense(33, 21), Dense(16, 10)]
+QEMU_CASES = [HOST_CASES[i] for i in (0, 1, 2, 4, 6, 8, 10, 14, 17, 18, 24, 28)] + HOST_CASES[-2:] + [Dense(33, 21)]
 
 
 def _values(rng: np.random.Generator, shape, kind: str, scale: float) -> np.ndarray:
@@ -166,8 +168,35 @@ class Data:
     b: np.ndarray | None
 
 
+def _halfway(rng: np.random.Generator, n: int, x1: float) -> Data:
+    """K = 2 with x = (1, x1): output j is fma(b_j, x1, a_j) (lanes=1). a_j is put on a grid of step u = 2**k
+    chosen so that a_j + b_j*x1 is exactly on (a third of the cases) or next to a half-way point of that grid:
+    there a second rounding (of b*x1, or of the sum to float32) changes the result. With x1 = 1025/1024 and
+    b = 1023 * 2**e, b*x1 = (2**20 - 1) * 2**(e-10) is one product-lsb below a half-way point."""
+    a, b = np.zeros(n), np.zeros(n)
+    for j in range(n):
+        mant = 1023 if j % 4 == 1 else int(rng.integers(1025, 2048))
+        bj = float(rng.choice([-1, 1])) * mant * 2.0 ** int(rng.integers(-18, -7))
+        p = abs(bj * x1)
+        m = int(p * 2.0**40)  # p is a multiple of 2**-40
+        lowbit = (m & -m).bit_length() - 41
+        ks = range(max(lowbit + 1, -14), min(int(np.floor(np.log2(p))) + 3, 6))
+
+        def dist(k: int, p: float = p) -> float:  # distance of p from a half-way point of the 2**k grid
+            r = p % 2.0**k - 2.0 ** (k - 1)
+            return abs(r) / 2.0**k if r else 1.0
+
+        k = ks[0] if j % 4 == 0 else min(ks, key=dist)  # ks[0]: p mod 2**k == 2**(k-1), an exact tie
+        a[j], b[j] = rng.choice([-1, 1]) * rng.integers(1024, 2048) * 2.0**k, bj
+    w = np.stack([a, b]).astype(np.float16)
+    assert np.array_equal(w.astype(np.float64), np.stack([a, b]))
+    return Data(np.array([1.0, x1], np.float16), w, None)
+
+
 def _data(case, index: int) -> Data:
     rng = np.random.default_rng(1000 + index)
+    if isinstance(case, Dense) and case.data in ("ties", "near-ties"):
+        return _halfway(rng, case.n, 1.0 if case.data == "ties" else 1025 / 1024)
     if isinstance(case, Conv):
         x = _values(rng, (case.cin, *case.hw), case.data, 1.0)
         w = _values(rng, (case.cout, case.cin // case.group, *case.k), case.data, 0.5)
