@@ -391,8 +391,8 @@ _SHT_NOBITS = 8
 _SHF_ALLOC = 2
 
 
-def elf_sections(elf: str | os.PathLike) -> list[tuple[str, int, int, int, int]]:
-    """The allocated sections of an ELF file: (name, address, size, sh_type, sh_flags), by address."""
+def _elf(elf: str | os.PathLike):
+    """(bytes, is64, endianness, section headers, name of a header) of an ELF file."""
     data = Path(elf).read_bytes()
     if data[:4] != b"\x7fELF":
         raise EdgeqError(f"{elf} is not an ELF file")
@@ -407,12 +407,27 @@ def elf_sections(elf: str | os.PathLike) -> list[tuple[str, int, int, int, int]]
         fmt = end + "IIIIIIIIII"
     heads = [struct.unpack_from(fmt, data, shoff + i * shentsize) for i in range(shnum)]
     stroff = heads[shstrndx][4]
-    out = []
-    for name_off, sh_type, flags, addr, _off, size, *_ in heads:
-        if flags & _SHF_ALLOC and size:
-            name = data[stroff + name_off: data.index(b"\0", stroff + name_off)].decode()
-            out.append((name, addr, size, sh_type, flags))
+
+    def name(h) -> str:
+        return data[stroff + h[0]: data.index(b"\0", stroff + h[0])].decode()
+
+    return data, is64, end, heads, name
+
+
+def elf_sections(elf: str | os.PathLike) -> list[tuple[str, int, int, int, int]]:
+    """The allocated sections of an ELF file: (name, address, size, sh_type, sh_flags), by address."""
+    _, _, _, heads, name = _elf(elf)
+    out = [(name(h), h[3], h[5], h[1], h[2]) for h in heads if h[2] & _SHF_ALLOC and h[5]]
     return sorted(out, key=lambda s: s[1])
+
+
+def elf_section_offset(elf: str | os.PathLike, section: str) -> int:
+    """The file offset of a section's bytes (sh_offset)."""
+    _, _, _, heads, name = _elf(elf)
+    for h in heads:
+        if name(h) == section:
+            return h[4]
+    raise EdgeqError(f"{elf} has no section {section}")
 
 
 def elf_entry(elf: str | os.PathLike) -> int:
@@ -523,11 +538,42 @@ def decode_mcause(mcause: int) -> str:
     return EXCEPTIONS.get(mcause, f"exception {mcause}")
 
 
-def _trap_error(b: Board, m: re.Match) -> EdgeqError:
+def elf_symbols(elf: str | os.PathLike) -> list[tuple[str, int, int]]:
+    """Function and object symbols of an ELF32/64 file: (name, address, size), by address."""
+    data, is64, end, heads, _ = _elf(elf)
+    sym_fmt, sym_size = (end + "IBBHQQ", 24) if is64 else (end + "IIIBBH", 16)
+    out = []
+    for h in heads:
+        if h[1] != 2:  # SHT_SYMTAB
+            continue
+        off, size, link = h[4], h[5], h[6]
+        stroff = heads[link][4]
+        for j in range(size // sym_size):
+            f = struct.unpack_from(sym_fmt, data, off + j * sym_size)
+            name_off, addr, sz, info = (f[0], f[4], f[5], f[1]) if is64 else (f[0], f[1], f[2], f[3])
+            if info & 0xF in (1, 2) and name_off:  # STT_OBJECT, STT_FUNC
+                name = data[stroff + name_off: data.index(b"\0", stroff + name_off)].decode()
+                out.append((name, addr, sz))
+    return sorted(out, key=lambda t: t[1])
+
+
+def symbolize(elf: str | os.PathLike, addr: int) -> str | None:
+    """``function+0xoffset`` for a code address of ``elf``, or None."""
+    try:
+        for name, start, size in elf_symbols(elf):
+            if start <= addr < start + max(size, 1):
+                return f"{name}+{addr - start:#x}"
+    except (OSError, struct.error, IndexError, ValueError):
+        return None
+    return None
+
+
+def _trap_error(b: Board, m: re.Match, elf: Path | None = None) -> EdgeqError:
     mcause, mepc, mtval = (int(g, 16) for g in m.groups())
     hint = TRAP_HINTS.get(mcause, "see the RISC-V privileged spec for this cause")
+    where = symbolize(elf, mepc) if elf is not None else None
     return EdgeqError(f"firmware trapped on board '{b.name}': mcause={mcause:#x} ({decode_mcause(mcause)}) at "
-                      f"mepc={mepc:#010x} mtval={mtval:#010x}; {hint} (find mepc with llvm-objdump -d)")
+                      f"mepc={mepc:#010x}{f' ({where})' if where else ''} mtval={mtval:#010x}; {hint}")
 
 
 def _last_line(text: str) -> str:
@@ -574,7 +620,7 @@ def _run_simulator(b: Board, elf: Path, timeout_s: float) -> RunResult:
     out = raw.decode("utf-8", errors="replace")
     m = TRAP_RE.search(out)
     if m:
-        raise _trap_error(b, m)
+        raise _trap_error(b, m, elf)
     if proc.returncode != 0:
         raise EdgeqError(f"firmware exited with code {proc.returncode} on {b['runner']} (board '{b.name}'); "
                          f"last output: {_last_line(out)}")
@@ -653,7 +699,7 @@ def _run_openocd(b: Board, elf: Path, timeout_s: float, port: str | None) -> Run
     wall = time.monotonic() - t0
     m = TRAP_RE.search(text)
     if m:
-        raise _trap_error(b, m)
+        raise _trap_error(b, m, elf)
     e = EXIT_RE.search(text)
     code = int(e.group(1), 16) if e else 0
     out = text[: e.start()] if e else text
