@@ -95,8 +95,6 @@ def test_bad_build_inputs_give_one_line_exit_2_and_leave_no_directory(exported, 
     (tmp_path / "c").mkdir()
     res = edgeq_cli("build", path, "--board", "ultra96", "--out", tmp_path / "c")
     assert res.returncode == 2 and "--force" in res.stderr
-    res = edgeq_cli("build", path, "--board", "qemu-rv32", "--out", tmp_path / "d")
-    assert res.returncode == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # nothing half-written
 
 

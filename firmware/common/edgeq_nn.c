@@ -5,9 +5,12 @@
  * the kw = 3 taps (ci, ky, 0..2), in tap mode (any kernel, dilation or stride) a row is a single tap. The
  * flattened k of the contract is then (row, kx) in ascending order, and the packed weights are [k][CB] per
  * block of CB output channels.
- * A block computes CB output channels x PB adjacent output pixels of one output row (CB*PB*LANES accumulators
- * in FP registers); the kx loop is unrolled at compile time so neighbouring pixels share input loads, and rows
- * go in pairs so that with 2 lanes the lane of every tap is a compile-time constant.
+ * A block computes CB output channels x PB adjacent output pixels of one output row (CB*PB accumulators: fp16
+ * scalars, or v2f16 lane pairs with 2 lanes, in FP registers); the kx loop is unrolled at compile time so
+ * neighbouring pixels share input loads, and rows go in pairs so that with 2 lanes the taps pair up at
+ * compile-time constant positions: taps (k, k+1), k even, are one v2f16 MAC, x = (x[k], x[k+1]) against the
+ * packed weight pair (w[k], w[k+1]) (one aligned 32-bit load); an odd K ends with the pair (x[K-1], +0) x
+ * (w[K-1], +0), the contract's trailing MAC(lane1, +0, +0).
  * Variants (chosen at run time): 3-tap rows at stride 1 and 2, 1x1 stride 1 (4 x 6 blocks, rows = channels,
  * no table; without padding the image is one long row), single taps at stride 1 and at any stride; depthwise
  * (CB = 1, 8 pixels), where 3x3 stride 1 computes two output rows at once from four input rows.
@@ -47,6 +50,27 @@
 #define MAC(a, w, x) ((a) = (edgeq_f16)((a) + (edgeq_f16)((w) * (x))))
 #endif
 
+#if LN == 2
+/* MAC2: the MAC of both lanes as one v2f16 operation, lane l: MAC(a[l], w[l], x[l]). The vector operations are
+ * lane-wise IEEE fp16 operations; PULP toolchains lower them to vfmac (fused) or vfmul + vfadd; on plain Zfh
+ * clang scalarises them to two fmadd.h (or fmul.h + fadd.h). */
+#if EDGEQ_FUSED && defined(__riscv) && defined(__clang__)
+#define MAC2(a, w, x) ((a) = __builtin_elementwise_fma((w), (x), (a)))
+#elif EDGEQ_FUSED
+/* no vector fma builtin (gcc) or no fp16 fma (host): per lane, as MAC */
+static inline __attribute__((always_inline)) edgeq_v2f16 mac2(edgeq_v2f16 a, edgeq_v2f16 w, edgeq_v2f16 x) {
+    edgeq_f16 a0 = a[0], a1 = a[1];
+    MAC(a0, w[0], x[0]);
+    MAC(a1, w[1], x[1]);
+    return (edgeq_v2f16){a0, a1};
+}
+#define MAC2(a, w, x) ((a) = mac2((a), (w), (x)))
+#else
+/* two roundings; the cast rounds the product even where the compiler evaluates _Float16 in float */
+#define MAC2(a, w, x) ((a) = (a) + (edgeq_v2f16)((w) * (x)))
+#endif
+#endif
+
 #if defined(__clang__)
 #define UNROLL _Pragma("clang loop unroll(full)")
 /* keep copy/fill loops from turning into memcpy/memset calls: there is no libc */
@@ -71,6 +95,7 @@ typedef uint16_t __attribute__((may_alias)) bits16;
 
 typedef struct {
     int cin_g, cout_g, k;  /* channels per group, taps per output (K) */
+    int kp;                /* packed weights per output channel: K, rounded up to even with 2 lanes */
     int oh, ow, sh;        /* output rows/cols, vertical stride (after flattening) */
     int ih, iw, hp, wp;    /* input and padded input sizes (after flattening) */
     int plane;             /* elements per (padded) input channel */
@@ -86,72 +111,114 @@ static const edgeq_f16 NEG_ZEROS[16] = {-0.0, -0.0, -0.0, -0.0, -0.0, -0.0, -0.0
 
 /* ---- one block: CB output channels x PB output pixels ---------------------------------------------------- */
 
-/* MACs of one row of KW taps (starting at input x, weights w[kx][CB]) into acc; par = parity of its first k. */
-INLINE void row_mac(const int CB, const int PB, const int KW, const int SW, const int DW, const int par,
-                    edgeq_f16 acc[CB_MAX][PB_MAX][LN], const edgeq_f16 *restrict x, const edgeq_f16 *restrict w) {
+#if LN == 2
+typedef edgeq_v2f16 acc_t; /* lane 0: the even k, lane 1: the odd k */
+/* a packed weight pair (w[k], w[k+1]) of one output: one aligned 32-bit load */
+typedef edgeq_v2f16 __attribute__((may_alias)) v2w_t;
+
+/* One tap pair (k even, k+1) for CB channels x PB pixels: x = (xa[j*SW], xb[j*SW]), or (xa[j*SW], +0) when PAD
+ * (the pad of an odd K, whose packed weight is +0: lane 1 takes the trailing MAC(+0, +0) of the contract; xb is
+ * not read); w = the CB packed weight pairs. */
+INLINE void pair_mac(const int CB, const int PB, const int SW, const int PAD, acc_t acc[][PB_MAX],
+                     const edgeq_f16 *xa, const edgeq_f16 *xb, const edgeq_f16 *restrict w) {
+    edgeq_v2f16 wv[CB_MAX];
+    UNROLL for (int c = 0; c < CB; c++) wv[c] = ((const v2w_t *)w)[c];
+    UNROLL for (int j = 0; j < PB; j++) {
+        const edgeq_v2f16 xv = {xa[j * SW], PAD ? (edgeq_f16)0 : xb[j * SW]};
+        UNROLL for (int c = 0; c < CB; c++) MAC2(acc[c][j], wv[c], xv);
+    }
+}
+
+/* Two rows of KW taps, x0 then x1 (k even at the first tap of x0): KW pairs, weights [KW][CB][2]. */
+INLINE void rows2_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
+                      const edgeq_f16 *x0, const edgeq_f16 *x1, const edgeq_f16 *restrict w) {
+    UNROLL for (int p = 0; p < KW; p++) {
+        const int ta = 2 * p, tb = 2 * p + 1; /* taps of the pair in the two rows: 0 .. 2*KW-1 */
+        const edgeq_f16 *xa = ta < KW ? x0 + ta * DW : x1 + (ta - KW) * DW;
+        const edgeq_f16 *xb = tb < KW ? x0 + tb * DW : x1 + (tb - KW) * DW;
+        pair_mac(CB, PB, SW, 0, acc, xa, xb, w + p * 2 * CB);
+    }
+}
+
+/* The last of an odd number of rows (k even at its first tap): (KW+1)/2 pairs; with KW odd, K is odd and the
+ * last pair is (x[K-1], +0). */
+INLINE void row1_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
+                     const edgeq_f16 *x0, const edgeq_f16 *restrict w) {
+    UNROLL for (int p = 0; p < (KW + 1) / 2; p++) {
+        const int pad = 2 * p + 1 == KW;
+        pair_mac(CB, PB, SW, pad, acc, x0 + 2 * p * DW, x0 + (pad ? 0 : 2 * p + 1) * DW, w + p * 2 * CB);
+    }
+}
+
+/* The output value: fp16(lane0 + lane1) + bias (an odd K's trailing MAC is already in lane 1). Without a bias the
+ * kernels add -0.0, which is the identity of IEEE addition (-0 + -0 = -0, +0 + -0 = +0), so no branch is needed. */
+INLINE edgeq_f16 finish(acc_t a, edgeq_f16 bias) {
+    const edgeq_f16 s = (edgeq_f16)(a[0] + a[1]);
+    return (edgeq_f16)(s + bias);
+}
+#else
+typedef edgeq_f16 acc_t;
+
+/* MACs of one row of KW taps (starting at input x, weights w[kx][CB]) into acc. */
+INLINE void row_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
+                    const edgeq_f16 *restrict x, const edgeq_f16 *restrict w) {
     UNROLL for (int kx = 0; kx < KW; kx++) {
-        const int l = LN == 2 ? ((par + kx) & 1) : 0;
         edgeq_f16 wv[CB_MAX];
         UNROLL for (int c = 0; c < CB; c++) wv[c] = w[kx * CB + c];
         UNROLL for (int j = 0; j < PB; j++) {
             const edgeq_f16 xv = x[j * SW + kx * DW];
-            UNROLL for (int c = 0; c < CB; c++) MAC(acc[c][j][l], wv[c], xv);
+            UNROLL for (int c = 0; c < CB; c++) MAC(acc[c][j], wv[c], xv);
         }
     }
 }
 
-/* Sum of the lanes (after the trailing pad MAC when K is odd) plus bias: the output value. Without a bias the
- * kernels add -0.0, which is the identity of IEEE addition (-0 + -0 = -0, +0 + -0 = +0), so no branch is needed. */
-INLINE edgeq_f16 finish(const edgeq_f16 *a, int kodd, edgeq_f16 bias) {
-    edgeq_f16 s = a[0];
-#if LN == 2
-    edgeq_f16 a1 = a[1];
-    if (kodd) {
-        const edgeq_f16 z = 0;
-        MAC(a1, z, z);
-    }
-    s = (edgeq_f16)(s + a1);
-#else
-    (void)kodd;
-#endif
-    return (edgeq_f16)(s + bias);
+/* Two rows of KW taps, x0 then x1, weights [2*KW][CB]. */
+INLINE void rows2_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
+                      const edgeq_f16 *x0, const edgeq_f16 *x1, const edgeq_f16 *restrict w) {
+    row_mac(CB, PB, KW, SW, DW, acc, x0, w);
+    row_mac(CB, PB, KW, SW, DW, acc, x1, w + KW * CB);
 }
 
-/* One block. TAB: rows at the table's byte offsets; else rows q->plane elements apart (1x1 convs). */
+/* The last of an odd number of rows. */
+INLINE void row1_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
+                     const edgeq_f16 *x0, const edgeq_f16 *restrict w) {
+    row_mac(CB, PB, KW, SW, DW, acc, x0, w);
+}
+
+/* The output value: acc + bias; without a bias the kernels add -0.0 (see the 2-lane finish). */
+INLINE edgeq_f16 finish(acc_t a, edgeq_f16 bias) { return (edgeq_f16)(a + bias); }
+#endif
+
+/* One block. TAB: rows at the table's byte offsets; else rows q->plane elements apart (1x1 convs). The weights
+ * of a row pair are 2*KW*CB elements with either packing. */
 INLINE void conv_block(const int CB, const int PB, const int KW, const int SW, const int DW, const int TAB,
                        const plan_t *q, const edgeq_f16 *xb, const edgeq_f16 *restrict w,
                        const edgeq_f16 *bias, int nco, edgeq_f16 *y, int ysz) {
-    edgeq_f16 acc[CB_MAX][PB_MAX][LN];
-    UNROLL for (int c = 0; c < CB; c++) UNROLL for (int j = 0; j < PB; j++) UNROLL for (int l = 0; l < LN; l++)
-        acc[c][j][l] = 0;
+    acc_t acc[CB_MAX][PB_MAX];
+    UNROLL for (int c = 0; c < CB; c++) UNROLL for (int j = 0; j < PB; j++) acc[c][j] = (acc_t){0};
     if (TAB) {
         const char *xc = (const char *)xb;
         const int32_t *t = q->tab, *te = t + (q->rows & ~1);
-        for (; t != te; t += 2, w += 2 * KW * CB) {
-            row_mac(CB, PB, KW, SW, DW, 0, acc, (const edgeq_f16 *)(xc + t[0]), w);
-            row_mac(CB, PB, KW, SW, DW, KW & 1, acc, (const edgeq_f16 *)(xc + t[1]), w + KW * CB);
-        }
-        if (q->rows & 1) row_mac(CB, PB, KW, SW, DW, 0, acc, (const edgeq_f16 *)(xc + t[0]), w);
+        for (; t != te; t += 2, w += 2 * KW * CB)
+            rows2_mac(CB, PB, KW, SW, DW, acc, (const edgeq_f16 *)(xc + t[0]), (const edgeq_f16 *)(xc + t[1]), w);
+        if (q->rows & 1) row1_mac(CB, PB, KW, SW, DW, acc, (const edgeq_f16 *)(xc + t[0]), w);
     } else {
         const edgeq_f16 *x = xb;
         const edgeq_f16 *we = w + (size_t)(q->rows & ~1) * KW * CB;
         const int step = q->plane;
-        for (; w != we; w += 2 * KW * CB, x += 2 * step) {
-            row_mac(CB, PB, KW, SW, DW, 0, acc, x, w);
-            row_mac(CB, PB, KW, SW, DW, KW & 1, acc, x + step, w + KW * CB);
-        }
-        if (q->rows & 1) row_mac(CB, PB, KW, SW, DW, 0, acc, x, w);
+        for (; w != we; w += 2 * KW * CB, x += 2 * step) rows2_mac(CB, PB, KW, SW, DW, acc, x, x + step, w);
+        if (q->rows & 1) row1_mac(CB, PB, KW, SW, DW, acc, x, w);
     }
     if (nco == CB) {
         UNROLL for (int c = 0; c < CB; c++) {
             const edgeq_f16 b = bias[c];
-            UNROLL for (int j = 0; j < PB; j++) y[c * ysz + j] = finish(acc[c][j], q->k & 1, b);
+            UNROLL for (int j = 0; j < PB; j++) y[c * ysz + j] = finish(acc[c][j], b);
         }
     } else { /* the last block of a zero-padded group: only its first nco channels exist */
         UNROLL for (int c = 0; c < CB; c++) {
             if (c < nco) {
                 const edgeq_f16 b = bias[c];
-                UNROLL for (int j = 0; j < PB; j++) y[c * ysz + j] = finish(acc[c][j], q->k & 1, b);
+                UNROLL for (int j = 0; j < PB; j++) y[c * ysz + j] = finish(acc[c][j], b);
             }
         }
     }
@@ -172,21 +239,29 @@ INLINE void conv_row(const int CB, const int PB, const int KW, const int SW, con
  * loaded once. Per output the MACs still run over (ky, kx) in ascending order. Used with S = 1 (see dw_r3s2). */
 INLINE void dw3_block2(const int PB, const int S, const plan_t *q, const edgeq_f16 *restrict xb,
                        const edgeq_f16 *restrict w, edgeq_f16 b, edgeq_f16 *restrict y) {
-    edgeq_f16 acc[2][PB_MAX][LN];
-    UNROLL for (int r = 0; r < 2; r++) UNROLL for (int j = 0; j < PB; j++) UNROLL for (int l = 0; l < LN; l++)
-        acc[r][j][l] = 0;
+    acc_t acc[2][PB_MAX];
+    UNROLL for (int r = 0; r < 2; r++) UNROLL for (int j = 0; j < PB; j++) acc[r][j] = (acc_t){0};
     const int wp = q->wp;
+#if LN == 2
+    /* taps t = 3*ky + kx in pairs (2p, 2p+1); the fifth pair is (8, pad) */
+    UNROLL for (int p = 0; p < 5; p++) {
+        const int ta = 2 * p, tb = p < 4 ? ta + 1 : ta;
+        UNROLL for (int r = 0; r < 2; r++)
+            pair_mac(1, PB, S, p == 4, &acc[r], xb + (r * S + ta / 3) * wp + ta % 3,
+                     xb + (r * S + tb / 3) * wp + tb % 3, w + 2 * p);
+    }
+#else
     UNROLL for (int ky = 0; ky < 3; ky++) {
         UNROLL for (int kx = 0; kx < 3; kx++) {
-            const int l = LN == 2 ? ((ky * 3 + kx) & 1) : 0;
             const edgeq_f16 wv = w[ky * 3 + kx];
             UNROLL for (int r = 0; r < 2; r++) {
                 const edgeq_f16 *xr = xb + (r * S + ky) * wp + kx;
-                UNROLL for (int j = 0; j < PB; j++) MAC(acc[r][j][l], wv, xr[j * S]);
+                UNROLL for (int j = 0; j < PB; j++) MAC(acc[r][j], wv, xr[j * S]);
             }
         }
     }
-    UNROLL for (int r = 0; r < 2; r++) UNROLL for (int j = 0; j < PB; j++) y[r * q->ow + j] = finish(acc[r][j], 1, b);
+#endif
+    UNROLL for (int r = 0; r < 2; r++) UNROLL for (int j = 0; j < PB; j++) y[r * q->ow + j] = finish(acc[r][j], b);
 }
 
 /* ---- the layer ------------------------------------------------------------------------------------------ */
@@ -238,7 +313,7 @@ INLINE void conv_layer(const int CB, const int PB, const int KW, const int SW, c
         }
         for (int b = 0; b < ncob; b++) {
             const int co = g * q->cout_g + b * CB, nco = imin(CB, q->cout_g - b * CB);
-            const edgeq_f16 *wb = w + (size_t)(g * ncob + b) * q->k * CB;
+            const edgeq_f16 *wb = w + (size_t)(g * ncob + b) * q->kp * CB;
             const edgeq_f16 *bb = bias ? bias + co : NEG_ZEROS;
             edgeq_f16 *yc = y + (size_t)co * ysz;
             int oy = 0;
@@ -295,6 +370,7 @@ void edgeq_conv2d(const edgeq_conv_t *p, const edgeq_f16 *x, const edgeq_f16 *w_
     q.cin_g = p->cin / p->group;
     q.cout_g = p->cout / p->group;
     q.k = q.cin_g * p->kh * p->kw;
+    q.kp = LN == 2 ? (q.k + 1) & ~1 : q.k;
     q.ih = p->ih, q.iw = p->iw, q.oh = p->oh, q.ow = p->ow, q.sh = p->sh;
     if (!pad && p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1) { /* one long row */
         q.iw = p->ih * p->iw, q.ih = 1;
@@ -336,20 +412,32 @@ void edgeq_conv2d(const edgeq_conv_t *p, const edgeq_f16 *x, const edgeq_f16 *w_
 
 INLINE void dense_block(const int NB, int k, const edgeq_f16 *restrict x, const edgeq_f16 *restrict w,
                         const edgeq_f16 *restrict bias, edgeq_f16 *restrict y) {
-    edgeq_f16 acc[16][LN];
-    UNROLL for (int n = 0; n < NB; n++) UNROLL for (int l = 0; l < LN; l++) acc[n][l] = 0;
+    acc_t acc[16];
+    UNROLL for (int n = 0; n < NB; n++) acc[n] = (acc_t){0};
     int i = 0;
+#if LN == 2
+    /* weights [k/2][NB][2]: the pair (x[i], x[i+1]) meets one packed pair per output */
+    for (; i + 2 <= k; i += 2, w += 2 * NB) {
+        const edgeq_v2f16 xv = {x[i], x[i + 1]};
+        UNROLL for (int n = 0; n < NB; n++) MAC2(acc[n], ((const v2w_t *)w)[n], xv);
+    }
+    if (i < k) { /* odd k: (x[k-1], +0) against (w[k-1], +0), the trailing MAC of lane 1 */
+        const edgeq_v2f16 xv = {x[i], 0};
+        UNROLL for (int n = 0; n < NB; n++) MAC2(acc[n], ((const v2w_t *)w)[n], xv);
+    }
+#else
     for (; i + 2 <= k; i += 2, w += 2 * NB) {
         const edgeq_f16 x0 = x[i], x1 = x[i + 1];
-        UNROLL for (int n = 0; n < NB; n++) MAC(acc[n][0], w[n], x0);
-        UNROLL for (int n = 0; n < NB; n++) MAC(acc[n][LN - 1], w[NB + n], x1);
+        UNROLL for (int n = 0; n < NB; n++) MAC(acc[n], w[n], x0);
+        UNROLL for (int n = 0; n < NB; n++) MAC(acc[n], w[NB + n], x1);
     }
     if (i < k) {
         const edgeq_f16 x0 = x[i];
-        UNROLL for (int n = 0; n < NB; n++) MAC(acc[n][0], w[n], x0);
+        UNROLL for (int n = 0; n < NB; n++) MAC(acc[n], w[n], x0);
     }
+#endif
     if (!bias) bias = NEG_ZEROS;
-    UNROLL for (int n = 0; n < NB; n++) y[n] = finish(acc[n], k & 1, bias[n]);
+    UNROLL for (int n = 0; n < NB; n++) y[n] = finish(acc[n], bias[n]);
 }
 
 #define DENSE(NB) \
@@ -370,7 +458,8 @@ void edgeq_dense(int k, int n, const edgeq_f16 *x, const edgeq_f16 *w_packed, co
     (void)scratch;
     int n0 = 0;
     const edgeq_f16 *w = w_packed;
-    for (; n - n0 >= EDGEQ_DENSE_NB; n0 += EDGEQ_DENSE_NB, w += (size_t)k * EDGEQ_DENSE_NB) {
+    const int kp = LN == 2 ? (k + 1) & ~1 : k; /* packed rows of weights */
+    for (; n - n0 >= EDGEQ_DENSE_NB; n0 += EDGEQ_DENSE_NB, w += (size_t)kp * EDGEQ_DENSE_NB) {
 #if EDGEQ_DENSE_NB == 16
         dense_16(k, x, w, bias ? bias + n0 : NULL, y + n0);
 #else
@@ -385,7 +474,7 @@ void edgeq_dense(int k, int n, const edgeq_f16 *x, const edgeq_f16 *w_packed, co
             else if (nb == 2) dense_2(k, x, w, bb, y + n0);
             else dense_1(k, x, w, bb, y + n0);
             n0 += nb;
-            w += (size_t)k * nb;
+            w += (size_t)kp * nb;
         }
     }
 }
