@@ -13,6 +13,12 @@ Packed layouts (all float16, 1-D):
 * **dense** -- output columns in blocks: as many of :func:`dense_block_outputs` (16, or 8 when ``lanes == 2``)
   as fit, then one block for each remaining power of two, largest first (N = 10 -> 8, 2); each block is
   ``[k][nb]``.
+
+With ``lanes == 2`` the ``k`` axis is stored in pairs, so that the v2f16 operand ``(w[k], w[k+1])`` (k even) of
+one output is a single aligned 32-bit load: conv blocks are ``[k/2][CB][2]`` and dense blocks ``[k/2][nb][2]``,
+with K first padded to even by a +0.0 weight (the contract's trailing ``MAC(lane1, +0, +0)`` of an odd K).
+Every block then has an even number of elements, so the packed array must be 4-byte aligned and all its pairs
+are (edgeq_nn.h).
 """
 
 from __future__ import annotations
@@ -113,6 +119,26 @@ def conv_scratch_elems(p: dict[str, int], lanes: int) -> int:
     return padded + 1 + 2 * cin_g * p["kh"] * p["kw"]
 
 
+def packed_k(k: int, lanes: int) -> int:
+    """The packed weights per output along k: K, or K rounded up to even when ``lanes == 2``."""
+    _check_lanes(lanes)
+    return k + (k & 1) if lanes == 2 else k
+
+
+def _pair_k(blocks: np.ndarray, lanes: int) -> np.ndarray:
+    """(..., K, C) blocks -> (..., K, C) for lanes=1, (..., K/2, C, 2) for lanes=2, K zero-padded to even."""
+    if lanes == 1:
+        return blocks
+    k = blocks.shape[-2]
+    kp = packed_k(k, lanes)
+    if kp != k:
+        pad = [(0, 0)] * blocks.ndim
+        pad[-2] = (0, kp - k)
+        blocks = np.pad(blocks, pad)  # +0.0
+    pairs = blocks.reshape(*blocks.shape[:-2], kp // 2, 2, blocks.shape[-1])
+    return np.swapaxes(pairs, -1, -2)
+
+
 def pack_conv(w: np.ndarray, p: dict[str, int], lanes: int) -> np.ndarray:
     """Conv weights (Cout, Cin/group, kh, kw) float16 in the layout of the module docstring."""
     w = np.asarray(w)
@@ -126,7 +152,8 @@ def pack_conv(w: np.ndarray, p: dict[str, int], lanes: int) -> np.ndarray:
     nb = -(-cout_g // cb)
     padded = np.zeros((g, nb * cb, k), dtype=np.float16)
     padded[:, :cout_g] = w.reshape(g, cout_g, k)
-    return np.ascontiguousarray(padded.reshape(g, nb, cb, k).transpose(0, 1, 3, 2)).reshape(-1)
+    blocks = padded.reshape(g, nb, cb, k).transpose(0, 1, 3, 2)  # [group][co_block][k][CB]
+    return np.ascontiguousarray(_pair_k(blocks, lanes)).reshape(-1)
 
 
 def dense_blocks(n: int, lanes: int) -> list[int]:
@@ -145,7 +172,7 @@ def pack_dense(w: np.ndarray, lanes: int) -> np.ndarray:
         raise EdgeqError(f"pack_dense takes a (K, N) float16 matrix, not {w.dtype} {w.shape}")
     parts, n0 = [], 0
     for nb in dense_blocks(w.shape[1], lanes):
-        parts.append(np.ascontiguousarray(w[:, n0:n0 + nb]).reshape(-1))
+        parts.append(np.ascontiguousarray(_pair_k(w[:, n0:n0 + nb], lanes)).reshape(-1))
         n0 += nb
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float16)
 

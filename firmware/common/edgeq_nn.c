@@ -95,7 +95,6 @@ typedef uint16_t __attribute__((may_alias)) bits16;
 
 typedef struct {
     int cin_g, cout_g, k;  /* channels per group, taps per output (K) */
-    int kp;                /* packed weights per output channel: K, rounded up to even with 2 lanes */
     int oh, ow, sh;        /* output rows/cols, vertical stride (after flattening) */
     int ih, iw, hp, wp;    /* input and padded input sizes (after flattening) */
     int plane;             /* elements per (padded) input channel */
@@ -305,6 +304,7 @@ INLINE void conv_layer(const int CB, const int PB, const int KW, const int SW, c
                        const edgeq_f16 *w, const edgeq_f16 *bias, edgeq_f16 *y, edgeq_f16 *pad_buf) {
     const int two_rows = DW2 && p->kh == 3 && p->dh == 1 && q->sh == DW2 && q->ow >= PB_DW2;
     const int ncob = (q->cout_g + CB - 1) / CB, ysz = q->oh * q->ow;
+    const int kp = LN == 2 ? (q->k + 1) & ~1 : q->k; /* packed weights per output channel (K even with 2 lanes) */
     for (int g = 0; g < p->group; g++) {
         const edgeq_f16 *xg = x + (size_t)g * q->cin_g * q->plane;
         if (pad_buf) {
@@ -313,7 +313,7 @@ INLINE void conv_layer(const int CB, const int PB, const int KW, const int SW, c
         }
         for (int b = 0; b < ncob; b++) {
             const int co = g * q->cout_g + b * CB, nco = imin(CB, q->cout_g - b * CB);
-            const edgeq_f16 *wb = w + (size_t)(g * ncob + b) * q->kp * CB;
+            const edgeq_f16 *wb = w + (size_t)(g * ncob + b) * kp * CB;
             const edgeq_f16 *bb = bias ? bias + co : NEG_ZEROS;
             edgeq_f16 *yc = y + (size_t)co * ysz;
             int oy = 0;
@@ -370,7 +370,6 @@ void edgeq_conv2d(const edgeq_conv_t *p, const edgeq_f16 *x, const edgeq_f16 *w_
     q.cin_g = p->cin / p->group;
     q.cout_g = p->cout / p->group;
     q.k = q.cin_g * p->kh * p->kw;
-    q.kp = LN == 2 ? (q.k + 1) & ~1 : q.k;
     q.ih = p->ih, q.iw = p->iw, q.oh = p->oh, q.ow = p->ow, q.sh = p->sh;
     if (!pad && p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1) { /* one long row */
         q.iw = p->ih * p->iw, q.ih = 1;

@@ -24,6 +24,10 @@
  *          group zero-padded to CB channels.
  *   dense: [block][k][nb]: blocks of EDGEQ_DENSE_NB outputs (16, or 8 with 2 lanes), then one block for each
  *          remaining power of two, largest first (e.g. N = 10 with NB 16: blocks 8, 2).
+ *   EDGEQ_LANES=2: k is stored in pairs, [k/2][CB][2] and [k/2][nb][2], so that the v2f16 operand
+ *          (w[k], w[k+1]) of one output (k even) is one aligned 32-bit load; K is first padded to even with a
+ *          +0.0 weight, which meets x = +0.0 in the trailing MAC(lane1, +0, +0) of an odd K. Every block has an
+ *          even number of elements: w_packed must be 4-byte aligned.
  */
 #ifndef EDGEQ_NN_H
 #define EDGEQ_NN_H
@@ -37,7 +41,9 @@
 
 typedef _Float16 edgeq_f16;
 
-/* The 2-lane SIMD type of PULP-style cores (vfmac); this build computes the same lanes with scalar Zfh. */
+/* The lane pair of EDGEQ_LANES=2 (GCC/clang vector extension): accumulators, weight pairs and input pairs are
+ * edgeq_v2f16 values, and one MAC of both lanes is one vector operation (fused: an elementwise fma, which PULP
+ * toolchains lower to vfmac; on a core with plain Zfh clang scalarises it to two fmadd.h). */
 typedef _Float16 edgeq_v2f16 __attribute__((vector_size(4)));
 
 /* Output channels per packed conv weight block, and outputs per full dense block. */
@@ -56,14 +62,14 @@ typedef struct {
  * i.e. one zero-padded copy of one group's input, then an int32 offset table (the +1 aligns it). */
 int edgeq_conv2d_scratch_elems(const edgeq_conv_t *p);
 
-/* y = conv(x, w) (+ bias). w_packed as above; bias has cout elements or is NULL; scratch (always needed: it
- * holds the tap table) has edgeq_conv2d_scratch_elems(p) elements, 2-byte aligned. x, y, scratch must not
- * overlap. The parameters are trusted (kernels.conv_params checks them on the host). */
+/* y = conv(x, w) (+ bias). w_packed as above (4-byte aligned with 2 lanes); bias has cout elements or is NULL;
+ * scratch (always needed: it holds the tap table) has edgeq_conv2d_scratch_elems(p) elements, 2-byte aligned.
+ * x, y, scratch must not overlap. The parameters are trusted (kernels.conv_params checks them on the host). */
 void edgeq_conv2d(const edgeq_conv_t *p, const edgeq_f16 *x, const edgeq_f16 *w_packed, const edgeq_f16 *bias,
                   edgeq_f16 *y, edgeq_f16 *scratch);
 
-/* y[n] = sum_k x[k] * W[k][n] (+ bias[n]) for a (k, n) weight matrix, packed as above. scratch is unused (the
- * dense kernel needs 0 elements) and may be NULL. */
+/* y[n] = sum_k x[k] * W[k][n] (+ bias[n]) for a (k, n) weight matrix, packed as above (4-byte aligned with 2
+ * lanes). scratch is unused (the dense kernel needs 0 elements) and may be NULL. */
 void edgeq_dense(int k, int n, const edgeq_f16 *x, const edgeq_f16 *w_packed, const edgeq_f16 *bias, edgeq_f16 *y,
                  edgeq_f16 *scratch);
 
