@@ -17,6 +17,8 @@ from edgeq.board import get_board
 from edgeq.errors import EdgeqError
 
 SIMS = ["qemu-rv32", "spike-rv32"]
+UART = "qemu-rv32-uart"  # firmware/common/uart.c on QEMU virt's 16550, as on a real board
+RUNNERS = [*SIMS, UART]
 NS = (100, 200, 400)
 
 HELLO = r"""
@@ -147,7 +149,7 @@ def hello_runs(tmp_path_factory):
     _need_compiler()
     tmp = tmp_path_factory.mktemp("hello")
     runs = {}
-    for board in SIMS:
+    for board in RUNNERS:
         try:
             tc.check_tools(board)
         except EdgeqError:
@@ -158,7 +160,7 @@ def hello_runs(tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("board", SIMS)
+@pytest.mark.parametrize("board", RUNNERS)
 def test_hello_and_counters_are_exact_and_repeatable(board, hello_runs):
     _need_board(board)
     first, second = hello_runs[board]
@@ -181,7 +183,7 @@ def test_qemu_and_spike_count_the_same_instructions(hello_runs):
     assert q == s
 
 
-@pytest.mark.parametrize("board", SIMS)
+@pytest.mark.parametrize("board", RUNNERS)
 def test_a_trap_is_reported_with_its_decoded_cause(board, tmp_path):
     _need_board(board)
     elf = _build(tmp_path, board, TRAP, "trap")
@@ -194,7 +196,7 @@ def test_a_trap_is_reported_with_its_decoded_cause(board, tmp_path):
     assert "mtval=0xffffffff" in msg
 
 
-@pytest.mark.parametrize("board", SIMS)
+@pytest.mark.parametrize("board", RUNNERS)
 def test_a_hanging_firmware_is_killed_at_the_timeout(board, tmp_path):
     _need_board(board)
     elf = _build(tmp_path, board, HANG, "hang")
@@ -299,7 +301,9 @@ def test_a_real_board_is_data_and_says_what_is_missing_to_run(tmp_path, monkeypa
     with pytest.raises(EdgeqError) as e:
         tc.run_firmware(gap9, elf, timeout_s=2)
     assert "openocd is not installed" in str(e.value) and "EDGEQ_SERIAL_PORT" in str(e.value)
-    with pytest.raises(EdgeqError, match=r"io = 'uart'.*no firmware implementation"):
+    # uart.c drives 16550-compatible UARTs only; GAP9's uDMA UART is not one, so gap9 sets no uart_base
+    with pytest.raises(EdgeqError, match=r"io = 'uart' but sets no uart_base.*no firmware implementation.*16550.*"
+                                         r"its own putc"):
         tc.compile_elf(gap9, [], tmp_path / "x.elf")
 
 
@@ -307,3 +311,150 @@ def test_mcause_names():
     assert tc.decode_mcause(2) == "illegal instruction"
     assert tc.decode_mcause(7) == "store/AMO access fault"
     assert tc.decode_mcause(0x80000007) == "machine timer interrupt"
+
+
+# ------------------------------------------------------------------------- the UART I/O layer (uart.c)
+
+EXIT_WITH = r"""
+#include "edgeq_io.h"
+int main(void) { edgeq_puts("checked 3 vectors\nmismatch at 2"); return CODE; }
+"""
+
+LONG = r"""
+#include "edgeq_io.h"
+int main(void) {
+    for (uint32_t i = 0; i < NLINES; i++) {
+        edgeq_puts("EDGEQ line "); edgeq_put_hex(i, 8); edgeq_puts(" "); edgeq_put_hex(i * 2654435761u, 8);
+        edgeq_puts(" abcdefghijklmnopqrstuvwxyz\n");
+    }
+    edgeq_puts("EDGEQ DONE\n");
+    return 0;
+}
+"""
+
+
+def _long_expected(n: int) -> str:
+    lines = (f"EDGEQ line {i:08x} {(i * 2654435761) & 0xFFFFFFFF:08x} abcdefghijklmnopqrstuvwxyz\n" for i in range(n))
+    return "".join(lines) + "EDGEQ DONE\n"
+
+
+def _raw_run(board, elf: Path, read_after_s: float = 0.0) -> tuple[str, int]:
+    """Run the board's simulator directly: its raw stdout (the UART) and its exit status."""
+    proc = subprocess.Popen(tc.simulator_command(board, elf), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        time.sleep(read_after_s)  # a slow host: QEMU's pipe fills up and the firmware waits on LSR.THRE
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert err == b""  # nothing on stderr: no semihosting, the UART is on stdout
+    return out.decode(), proc.returncode
+
+
+def _uart_board_without_exit_addr(tmp_path: Path) -> Path:
+    from importlib import resources
+
+    text = (resources.files("edgeq.boards") / f"{UART}.toml").read_text()
+    text = re.sub(r"(?m)^exit_addr\s*=.*$", "", text).replace(f'name = "{UART}"', 'name = "uart-spins"')
+    path = tmp_path / "uart-spins.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_uart_board_takes_its_io_parameters_from_the_toml():
+    board = get_board(UART)
+    assert board["io"] == "uart" and "-semihosting-config" not in board["qemu_args"]
+    assert tc.io_source(board) == "uart.c"
+    assert tc.io_defines(board) == ["EDGEQ_UART_BASE=0x10000000u", "EDGEQ_UART_REG_SHIFT=0", "EDGEQ_UART_REG_WIDTH=1",
+                                    "EDGEQ_UART_DIVISOR=2", "EDGEQ_EXIT_ADDR=0x100000u"]
+    assert tc.io_defines("qemu-rv32") == [] and tc.io_defines("spike-rv32") == []
+    # the budgets and the core are qemu-rv32's
+    assert tc.memory_layout(UART) == tc.memory_layout("qemu-rv32")
+    assert board["toolchain_flags"] == get_board("qemu-rv32")["toolchain_flags"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"uart_reg_shift": 5}, r"uart_reg_shift must be 0\.\.4"),
+    ({"uart_reg_width": 2}, r"uart_reg_width must be 1 or 4"),
+    ({"uart_base": "0x10000000"}, r"uart_base must be a 32-bit address"),
+    ({"uart_clock_hz": 1000}, r"cannot run at uart_baud = 115200 within 2 %"),
+    ({"uart_clock_hz": 50_000_000, "uart_baud": 921600}, r"uart_clock_hz = 50000000 cannot run at uart_baud = 921600"),
+    ({"exit_addr": 0x100002}, r"exit_addr must be 4-byte aligned"),
+])
+def test_bad_uart_parameters_are_refused(change, message):
+    from edgeq.board import Board
+
+    b = get_board(UART)
+    with pytest.raises(EdgeqError, match=message):
+        tc.io_defines(Board(b.name, b.kind, b.description, {**b.data, **change}))
+
+
+def test_the_exit_marker_needs_its_line_end():
+    assert tc.EXIT_RE.search("EDGEQ EXIT 1") is None  # a partial read of "EDGEQ EXIT 1f\n" must not match
+    assert tc.EXIT_RE.search("x\nEDGEQ EXIT 1f\n").group(1) == "1f"
+    assert tc.EXIT_RE.search("EDGEQ EXIT 0\r\n").group(1) == "0"
+
+
+def test_the_uart_board_counts_what_qemu_counts(hello_runs):
+    for board in ("qemu-rv32", UART):
+        _need_board(board)
+    assert hello_runs[UART][0].stdout == hello_runs["qemu-rv32"][0].stdout  # same bytes, counters included
+
+
+@pytest.mark.parametrize("code", [0, 5, 0x3FF])
+def test_uart_exit_prints_the_marker_and_stops_qemu_with_the_code(tmp_path, code):
+    _need_board(UART)
+    elf = _build(tmp_path, UART, EXIT_WITH.replace("CODE", str(code)), f"exit{code}")
+    out, status = _raw_run(UART, elf)
+    # the output did not end its line: uart.c ends it before the marker
+    assert out == f"checked 3 vectors\nmismatch at 2\nEDGEQ EXIT {code:x}\n"
+    assert status == code & 0xFF  # QEMU's sifive_test finisher (exit_addr); the process status has 8 bits
+    if code == 0:
+        assert tc.run_firmware(UART, elf, timeout_s=10).stdout == "checked 3 vectors\nmismatch at 2\n"
+    else:
+        with pytest.raises(EdgeqError, match=rf"exited with code {code} on qemu \(board '{UART}'\); "
+                                             r"last output: mismatch at 2$"):
+            tc.run_firmware(UART, elf, timeout_s=10)
+
+
+def test_uart_exit_code_wider_than_the_finisher_still_fails(tmp_path):
+    _need_board(UART)
+    elf = _build(tmp_path, UART, EXIT_WITH.replace("CODE", "0x10000"), "exitwide")
+    with pytest.raises(EdgeqError, match=r"exited with code 65536 on qemu"):  # the EXIT line, not the status
+        tc.run_firmware(UART, elf, timeout_s=10)
+
+
+def test_a_trap_line_goes_out_over_the_uart(tmp_path):
+    _need_board(UART)
+    elf = _build(tmp_path, UART, TRAP, "trap")
+    out, status = _raw_run(UART, elf)
+    assert re.fullmatch(r"before the trap\n\nEDGEQ TRAP mcause=00000002 mepc=([0-9a-f]{8}) mtval=ffffffff\n"
+                        r"EDGEQ EXIT 3\n", out), out
+    assert status == tc.TRAP_EXIT_CODE
+
+
+def test_without_exit_addr_the_runner_stops_at_the_exit_line(tmp_path):
+    _need_board(UART)
+    board = str(_uart_board_without_exit_addr(tmp_path))
+    assert not any(d.startswith("EDGEQ_EXIT_ADDR") for d in tc.io_defines(board))
+    ok = _build(tmp_path, board, EXIT_WITH.replace("CODE", "0"), "spins0")
+    t0 = time.monotonic()
+    assert tc.run_firmware(board, ok, timeout_s=20).stdout == "checked 3 vectors\nmismatch at 2\n"
+    assert time.monotonic() - t0 < 10  # edgeq_exit spins on wfi: edgeq stopped QEMU at the line, not at the timeout
+    assert _no_process_runs(ok)
+    bad = _build(tmp_path, board, EXIT_WITH.replace("CODE", "7"), "spins7")
+    with pytest.raises(EdgeqError, match=r"exited with code 7 .*last output: mismatch at 2"):
+        tc.run_firmware(board, bad, timeout_s=20)
+    assert _no_process_runs(bad)
+
+
+def test_a_long_uart_output_loses_nothing_even_with_a_slow_host(tmp_path):
+    _need_board(UART)
+    n = 4096  # 229 KB: several times QEMU's stdout pipe buffer (64 KiB)
+    elf = _build(tmp_path, UART, LONG, "long", defines=[f"NLINES={n}"])
+    expected = _long_expected(n)
+    assert tc.run_firmware(UART, elf, timeout_s=60).stdout == expected
+    out, status = _raw_run(UART, elf, read_after_s=1.5)
+    assert status == 0 and out == expected + "EDGEQ EXIT 0\n"

@@ -10,12 +10,17 @@ Board keys used here (boards/<name>.toml, ``kind = "mcu"``): ``toolchain_flags``
 ``ram_origin`` / ``testdata_origin`` (default: laid out one after the other from ``mem_base``, 4 KiB aligned),
 ``io`` (``semihosting`` | ``htif`` | ``uart``: firmware/common/<file>.c), ``runner`` (``qemu`` | ``spike`` |
 ``openocd``), ``qemu_args``, ``spike_args``, ``isa``, ``openocd_args``, ``uart_baud``.
+
+``io = "uart"`` (firmware/common/uart.c, a 16550-compatible UART, see :func:`io_defines`): ``uart_base``
+(required), ``uart_reg_shift`` (default 0), ``uart_reg_width`` (1 or 4, default 1), ``uart_clock_hz`` (if given,
+the divisor for ``uart_baud`` is programmed), ``exit_addr`` (a SiFive test finisher, e.g. QEMU virt's 0x100000).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -46,7 +51,10 @@ COMPILER_HINT = ("install clang (>= 16) and lld: `apt-get install clang-19 lld-1
                  "or `pip install ziglang` for `python -m ziglang cc`")
 
 TRAP_RE = re.compile(r"EDGEQ TRAP mcause=([0-9a-fA-F]{8}) mepc=([0-9a-fA-F]{8}) mtval=([0-9a-fA-F]{8})")
-EXIT_RE = re.compile(r"EDGEQ EXIT ([0-9a-fA-F]{1,8})")  # UART boards: the firmware's exit marker
+# UART boards: the firmware's exit marker (uart.c's edgeq_exit). The line end is part of it, so that a partial
+# read ("EDGEQ EXIT 1" of "EDGEQ EXIT 1f") never matches.
+EXIT_RE = re.compile(r"EDGEQ EXIT ([0-9a-fA-F]{1,8})\r?\n")
+_EXIT_RE_BYTES = re.compile(EXIT_RE.pattern.encode())
 OVERFLOW_RE = re.compile(r"section '([^']*)' will not fit in region '(\w+)': overflowed by (\d+) bytes")
 
 EXCEPTIONS = {
@@ -270,6 +278,56 @@ def io_source(board: Board | str) -> str:
     return io_src
 
 
+def _address(b: Board, key: str, default: int | None = None) -> int | None:
+    v = b.get(key, default)
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**32):
+        raise EdgeqError(f"boards/{b.name}.toml: {key} must be a 32-bit address (an integer such as 0x10000000), "
+                         f"got {v!r}")
+    return v
+
+
+def io_defines(board: Board | str) -> list[str]:
+    """The -D defines the board's I/O layer needs (``NAME=VALUE``); none except for ``io = "uart"``.
+
+    uart.c drives a memory-mapped 16550-compatible UART: ``EDGEQ_UART_BASE`` (``uart_base``, required),
+    ``EDGEQ_UART_REG_SHIFT`` (``uart_reg_shift``, 0..4), ``EDGEQ_UART_REG_WIDTH`` (``uart_reg_width``, 1 or 4),
+    ``EDGEQ_UART_DIVISOR`` = round(``uart_clock_hz`` / (16 * ``uart_baud``)) when ``uart_clock_hz`` is given
+    (``uart_baud`` defaults to 115200; the rate must come within 2 %), and ``EDGEQ_EXIT_ADDR`` (``exit_addr``,
+    a SiFive test finisher). A board without ``uart_base`` has some other UART: EdgeqError.
+    """
+    b = _board(board)
+    if io_source(b) != "uart.c":
+        return []
+    base = _address(b, "uart_base")
+    if base is None:
+        raise EdgeqError(f"board '{b.name}' uses io = 'uart' but sets no uart_base, so it has no firmware "
+                         "implementation yet: firmware/common/uart.c drives a 16550-compatible UART at uart_base; "
+                         "a board with another kind of UART needs its own putc")
+    shift, width = b.get("uart_reg_shift", 0), b.get("uart_reg_width", 1)
+    if shift not in (0, 1, 2, 3, 4) or isinstance(shift, bool):
+        raise EdgeqError(f"boards/{b.name}.toml: uart_reg_shift must be 0..4 (register i at base + (i << shift)), "
+                         f"got {shift!r}")
+    if width not in (1, 4) or isinstance(width, bool):
+        raise EdgeqError(f"boards/{b.name}.toml: uart_reg_width must be 1 or 4 (bytes per access), got {width!r}")
+    out = [f"EDGEQ_UART_BASE={base:#x}u", f"EDGEQ_UART_REG_SHIFT={shift}", f"EDGEQ_UART_REG_WIDTH={width}"]
+    clock, baud = b.get("uart_clock_hz"), b.get("uart_baud", 115200)
+    if clock is not None:
+        for key, v in (("uart_clock_hz", clock), ("uart_baud", baud)):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise EdgeqError(f"boards/{b.name}.toml: {key} must be a positive integer, got {v!r}")
+        div = round(clock / (16 * baud))
+        if not 1 <= div <= 0xFFFF or abs(clock / (16 * div) - baud) > 0.02 * baud:
+            raise EdgeqError(f"boards/{b.name}.toml: a 16550 clocked at uart_clock_hz = {clock} cannot run at "
+                             f"uart_baud = {baud} within 2 % (divisor {clock / (16 * baud):.2f}); fix one of them")
+        out.append(f"EDGEQ_UART_DIVISOR={div}")
+    exit_addr = _address(b, "exit_addr")
+    if exit_addr is not None:
+        if exit_addr % 4:
+            raise EdgeqError(f"boards/{b.name}.toml: exit_addr must be 4-byte aligned, got {exit_addr:#x}")
+        out.append(f"EDGEQ_EXIT_ADDR={exit_addr:#x}u")
+    return out
+
+
 def _stage_firmware(board: Board, fwdir: Path) -> list[Path]:
     """Copy crt0.S, edgeq_io.h, trap.c, the board's I/O layer and its link script into ``fwdir``."""
     io_src = io_source(board)
@@ -309,13 +367,13 @@ def compile_elf(board: Board | str, sources: Iterable[str | os.PathLike], out_el
     """Compile and link firmware for ``board``: crt0 + the board's I/O layer + trap.c + ``sources``, with the
     link script generated from the board's TOML. Returns the sizes read from the ELF (see :func:`elf_sizes`).
 
-    ``defines`` are ``NAME`` or ``NAME=VALUE``. The firmware files and link script are staged in
-    ``workdir/edgeq_fw`` (a temporary directory if ``workdir`` is None). A compile or link error raises
-    CompileError with the compiler's stderr; a region overflow raises EdgeqError naming the region, the
-    overflow in bytes and the board's budget.
+    ``defines`` are ``NAME`` or ``NAME=VALUE``; they come after the board's I/O defines (:func:`io_defines`).
+    The firmware files and link script are staged in ``workdir/edgeq_fw`` (a temporary directory if ``workdir``
+    is None). A compile or link error raises CompileError with the compiler's stderr; a region overflow raises
+    EdgeqError naming the region, the overflow in bytes and the board's budget.
     """
     b = _board(board)
-    io_source(b)
+    board_defines = io_defines(b)
     memory_layout(b)
     cmd = shlex.split(find_compiler())
     out = Path(out_elf).resolve()
@@ -331,7 +389,7 @@ def compile_elf(board: Board | str, sources: Iterable[str | os.PathLike], out_el
         if _is_zig(cmd):
             flags = _zig_flags(flags)
         argv = [*cmd, *flags, f"-I{fwdir}", *(f"-I{Path(d).resolve()}" for d in include_dirs),
-                *(f"-D{d}" for d in defines), *LINK_FLAGS, "-T", str(fwdir / "link.ld"),
+                *(f"-D{d}" for d in [*board_defines, *defines]), *LINK_FLAGS, "-T", str(fwdir / "link.ld"),
                 *map(str, runtime), *map(str, srcs), "-o", str(out)]
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
@@ -596,33 +654,70 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.stdout.close()
 
 
+def _read_output(proc: subprocess.Popen, deadline: float, stop_at_exit: bool) -> tuple[bytes, str]:
+    """Read ``proc``'s stdout as it comes, until EOF ("eof"), the deadline ("timeout"), or, if ``stop_at_exit``,
+    an ``EDGEQ EXIT`` line ("exit": the firmware is done and spins, as uart.c does without an exit_addr)."""
+    fd = proc.stdout.fileno()
+    buf = bytearray()
+    scanned = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(buf), "timeout"
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if not ready:
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return bytes(buf), "eof"
+        buf += chunk
+        if stop_at_exit:
+            if _EXIT_RE_BYTES.search(buf, max(0, scanned - 32)):
+                return bytes(buf), "exit"
+            scanned = len(buf)
+
+
 def _run_simulator(b: Board, elf: Path, timeout_s: float) -> RunResult:
     check_tools(b)
     argv = simulator_command(b, elf)
+    uart = io_source(b) == "uart.c"
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        raw, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            raw, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a process that ignores SIGKILL
-            raw = b""
-        last = _last_line(raw.decode("utf-8", errors="replace"))
-        raise EdgeqError(f"firmware did not finish within {timeout_s:g} s on {b['runner']} (board '{b.name}') and "
-                         f"was stopped; last output: {last}; it may hang, or need longer: pass a larger --timeout"
-                         ) from None
+        # With an exit_addr the simulator stops by itself after the EXIT line, and its exit status is checked.
+        raw, how = _read_output(proc, t0 + timeout_s, stop_at_exit=uart and b.get("exit_addr") is None)
+        if how == "eof":
+            try:
+                proc.wait(timeout=max(t0 + timeout_s - time.monotonic(), 1.0))
+            except subprocess.TimeoutExpired:
+                how = "timeout"
     finally:
         _kill_group(proc)
+    if how == "timeout":
+        last = _last_line(raw.decode("utf-8", errors="replace"))
+        raise EdgeqError(f"firmware did not finish within {timeout_s:g} s on {b['runner']} (board '{b.name}') and "
+                         f"was stopped; last output: {last}; it may hang, or need longer: pass a larger --timeout")
     wall = time.monotonic() - t0
     out = raw.decode("utf-8", errors="replace")
     m = TRAP_RE.search(out)
     if m:
         raise _trap_error(b, m, elf)
+    e = EXIT_RE.search(out) if uart else None
+    if e:  # the firmware's own exit code (uart.c); the simulator's must agree when it stopped by itself
+        code, out = int(e.group(1), 16), out[: e.start()]
+        if code != 0:
+            raise EdgeqError(f"firmware exited with code {code} on {b['runner']} (board '{b.name}'); "
+                             f"last output: {_last_line(out)}")
+        if how == "eof" and proc.returncode != 0:
+            raise EdgeqError(f"firmware printed EDGEQ EXIT 0 but {b['runner']} exited with code {proc.returncode} "
+                             f"(board '{b.name}'); is the board's exit_addr right?")
+        return RunResult(stdout=out, exit_code=0, wall_s=wall)
     if proc.returncode != 0:
         raise EdgeqError(f"firmware exited with code {proc.returncode} on {b['runner']} (board '{b.name}'); "
+                         f"last output: {_last_line(out)}")
+    if uart:
+        raise EdgeqError(f"{b['runner']} stopped without the firmware's EDGEQ EXIT line (board '{b.name}'); "
                          f"last output: {_last_line(out)}")
     return RunResult(stdout=out, exit_code=proc.returncode, wall_s=wall)
 
