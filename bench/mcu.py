@@ -128,6 +128,7 @@ static void report(int id, uint64_t fast, uint64_t naive, int bad) {
 }
 """
 
+# aligned(4): with 2 lanes the kernels load packed weight pairs (v2f16) as aligned 32-bit words
 RO = '__attribute__((section(".edgeq_testdata.ro"), aligned(4)))'
 RW = '__attribute__((section(".edgeq_testdata.rw"), aligned(4)))'
 

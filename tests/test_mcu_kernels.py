@@ -263,9 +263,11 @@ def _oracle(case, d: Data, lanes: int, fused: bool) -> np.ndarray:
 
 
 def _carray(name: str, v: np.ndarray) -> str:
+    """4-byte aligned: with 2 lanes the packed weights are loaded as aligned pairs."""
     bits = ",".join(str(int(b)) for b in np.asarray(v, np.float16).reshape(-1).view(np.uint16))
     n = max(v.size, 1)
-    return f"static const union {{ uint16_t u[{n}]; edgeq_f16 h[{n}]; }} {name} = {{{{{bits}}}}};\n"
+    return (f"static const union {{ uint16_t u[{n}]; edgeq_f16 h[{n}]; }} {name} __attribute__((aligned(4))) = "
+            f"{{{{{bits}}}}};\n")
 
 
 def _program(cases: list, data: list[Data], lanes: int) -> str:
@@ -423,3 +425,24 @@ def test_packed_conv_weights_put_a_block_of_output_channels_side_by_side():
     assert np.array_equal(packed[1, 0, :, :3], w[3:6].reshape(3, 18).T)
     assert not packed[:, :, :, 3].any()
     assert kernels.dense_blocks(10, 1) == [8, 2] and kernels.dense_blocks(37, 2) == [8] * 4 + [4, 1]
+
+
+def test_two_lane_packing_stores_k_in_pairs_and_pads_an_odd_k_with_zeros():
+    """lanes=2: (w[k], w[k+1]) of one output are adjacent (one aligned 32-bit v2f16 load in C), K odd gets a +0."""
+    p = kernels.conv_params((3, 5, 5), (3, 3, 3), {}, (3, 3, 3, 3))  # K = 27, CB = 2: 2 blocks, the last 1 + 1 zero
+    w = (np.arange(3 * 27) + 1).astype(np.float16).reshape(3, 3, 3, 3)
+    packed = kernels.pack_conv(w, p, lanes=2)
+    assert packed.size == 2 * 28 * 2 and kernels.packed_k(27, 2) == 28 and kernels.packed_k(27, 1) == 27
+    blocks = packed.reshape(2, 14, 2, 2)  # [co_block][k/2][CB][2]
+    for co in range(4):
+        want = np.zeros(28, np.float16)
+        if co < 3:
+            want[:27] = w[co].reshape(-1)
+        assert np.array_equal(blocks[co // 2, :, co % 2, :].reshape(-1), want)
+        assert not np.signbit(blocks[co // 2, -1, co % 2, 1])  # the pad is +0.0
+    wd = (np.arange(5 * 3) + 1).astype(np.float16).reshape(5, 3)  # K = 5, N = 3: blocks of 2 and 1 outputs
+    dense = kernels.pack_dense(wd, lanes=2)
+    wpad = np.vstack([wd, np.zeros((1, 3), np.float16)])
+    assert np.array_equal(dense[:12].reshape(3, 2, 2), wpad[:, :2].reshape(3, 2, 2).transpose(0, 2, 1))
+    assert np.array_equal(dense[12:], wpad[:, 2])
+    assert np.array_equal(kernels.pack_dense(wd, lanes=1), np.concatenate([wd[:, :2].reshape(-1), wd[:, 2]]))

@@ -16,9 +16,9 @@ Packed layouts (all float16, 1-D):
 
 With ``lanes == 2`` the ``k`` axis is stored in pairs, so that the v2f16 operand ``(w[k], w[k+1])`` (k even) of
 one output is a single aligned 32-bit load: conv blocks are ``[k/2][CB][2]`` and dense blocks ``[k/2][nb][2]``,
-with K first padded to even by a +0.0 weight (the contract's trailing ``MAC(lane1, +0, +0)`` of an odd K).
-Every block then has an even number of elements, so the packed array must be 4-byte aligned and all its pairs
-are (edgeq_nn.h).
+with an odd K first padded to even by a +0.0 weight (the weight of the contract's trailing
+``MAC(lane1, +0, +0)``; :func:`packed_k`). Every block then has an even number of elements, so every pair is
+aligned when the packed array is: edgeq_nn.h requires 4-byte alignment with 2 lanes.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@
 
 #if LN == 2
 /* MAC2: the MAC of both lanes as one v2f16 operation, lane l: MAC(a[l], w[l], x[l]). The vector operations are
- * lane-wise IEEE fp16 operations; PULP toolchains lower them to vfmac (fused) or vfmul + vfadd; on plain Zfh
- * clang scalarises them to two fmadd.h (or fmul.h + fadd.h). */
+ * lane-wise IEEE fp16 operations (the fused one is what PULP toolchains lower to vfmac); on plain Zfh clang
+ * scalarises them to two fmadd.h (or fmul.h + fadd.h), so the lanes cost what scalar code costs. */
 #if EDGEQ_FUSED && defined(__riscv) && defined(__clang__)
 #define MAC2(a, w, x) ((a) = __builtin_elementwise_fma((w), (x), (a)))
 #elif EDGEQ_FUSED
@@ -91,6 +91,13 @@ static inline __attribute__((always_inline)) edgeq_v2f16 mac2(edgeq_v2f16 a, edg
 #define PB_DW 8   /* depthwise (CB = 1) */
 #define PB_DW2 (LN == 2 ? 4 : 8) /* depthwise 3x3, two output rows at once */
 
+/* packed weights per output along k: K, rounded up to even with 2 lanes (pairs) */
+#if LN == 2
+#define KPACK(k) (((k) + 1) & ~1)
+#else
+#define KPACK(k) (k)
+#endif
+
 typedef uint16_t __attribute__((may_alias)) bits16;
 
 typedef struct {
@@ -111,17 +118,20 @@ static const edgeq_f16 NEG_ZEROS[16] = {-0.0, -0.0, -0.0, -0.0, -0.0, -0.0, -0.0
 /* ---- one block: CB output channels x PB output pixels ---------------------------------------------------- */
 
 #if LN == 2
-typedef edgeq_v2f16 acc_t; /* lane 0: the even k, lane 1: the odd k */
 /* a packed weight pair (w[k], w[k+1]) of one output: one aligned 32-bit load */
 typedef edgeq_v2f16 __attribute__((may_alias)) v2w_t;
 
-/* One tap pair (k even, k+1) for CB channels x PB pixels: x = (xa[j*SW], xb[j*SW]), or (xa[j*SW], +0) when PAD
- * (the pad of an odd K, whose packed weight is +0: lane 1 takes the trailing MAC(+0, +0) of the contract; xb is
- * not read); w = the CB packed weight pairs. */
-INLINE void pair_mac(const int CB, const int PB, const int SW, const int PAD, acc_t acc[][PB_MAX],
+/* One tap pair (k even, k+1) for CB channels x PB pixels: x = (xa[j*SW], xb[j*SW]) against w = the CB packed
+ * weight pairs. PAD: the last pair of an odd K, x = (xa[j*SW], +0) and w = (w[K-1], +0): lane 1 takes the
+ * trailing MAC(+0, +0) of the contract. xb and the packed +0 pad weight are not read (on plain Zfh that saves a
+ * load per channel: -0.5% instructions on QEMU for a 3x3 conv with cin = 3, K = 27). */
+INLINE void pair_mac(const int CB, const int PB, const int SW, const int PAD, edgeq_v2f16 acc[][PB_MAX],
                      const edgeq_f16 *xa, const edgeq_f16 *xb, const edgeq_f16 *restrict w) {
     edgeq_v2f16 wv[CB_MAX];
-    UNROLL for (int c = 0; c < CB; c++) wv[c] = ((const v2w_t *)w)[c];
+    UNROLL for (int c = 0; c < CB; c++) {
+        if (PAD) wv[c] = (edgeq_v2f16){w[2 * c], 0};
+        else wv[c] = ((const v2w_t *)w)[c];
+    }
     UNROLL for (int j = 0; j < PB; j++) {
         const edgeq_v2f16 xv = {xa[j * SW], PAD ? (edgeq_f16)0 : xb[j * SW]};
         UNROLL for (int c = 0; c < CB; c++) MAC2(acc[c][j], wv[c], xv);
@@ -129,8 +139,9 @@ INLINE void pair_mac(const int CB, const int PB, const int SW, const int PAD, ac
 }
 
 /* Two rows of KW taps, x0 then x1 (k even at the first tap of x0): KW pairs, weights [KW][CB][2]. */
-INLINE void rows2_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
-                      const edgeq_f16 *x0, const edgeq_f16 *x1, const edgeq_f16 *restrict w) {
+INLINE void rows2_mac(const int CB, const int PB, const int KW, const int SW, const int DW,
+                      edgeq_v2f16 acc[][PB_MAX], const edgeq_f16 *x0, const edgeq_f16 *x1,
+                      const edgeq_f16 *restrict w) {
     UNROLL for (int p = 0; p < KW; p++) {
         const int ta = 2 * p, tb = 2 * p + 1; /* taps of the pair in the two rows: 0 .. 2*KW-1 */
         const edgeq_f16 *xa = ta < KW ? x0 + ta * DW : x1 + (ta - KW) * DW;
@@ -141,8 +152,8 @@ INLINE void rows2_mac(const int CB, const int PB, const int KW, const int SW, co
 
 /* The last of an odd number of rows (k even at its first tap): (KW+1)/2 pairs; with KW odd, K is odd and the
  * last pair is (x[K-1], +0). */
-INLINE void row1_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
-                     const edgeq_f16 *x0, const edgeq_f16 *restrict w) {
+INLINE void row1_mac(const int CB, const int PB, const int KW, const int SW, const int DW,
+                     edgeq_v2f16 acc[][PB_MAX], const edgeq_f16 *x0, const edgeq_f16 *restrict w) {
     UNROLL for (int p = 0; p < (KW + 1) / 2; p++) {
         const int pad = 2 * p + 1 == KW;
         pair_mac(CB, PB, SW, pad, acc, x0 + 2 * p * DW, x0 + (pad ? 0 : 2 * p + 1) * DW, w + p * 2 * CB);
@@ -151,50 +162,18 @@ INLINE void row1_mac(const int CB, const int PB, const int KW, const int SW, con
 
 /* The output value: fp16(lane0 + lane1) + bias (an odd K's trailing MAC is already in lane 1). Without a bias the
  * kernels add -0.0, which is the identity of IEEE addition (-0 + -0 = -0, +0 + -0 = +0), so no branch is needed. */
-INLINE edgeq_f16 finish(acc_t a, edgeq_f16 bias) {
+INLINE edgeq_f16 finish(edgeq_v2f16 a, edgeq_f16 bias) {
     const edgeq_f16 s = (edgeq_f16)(a[0] + a[1]);
     return (edgeq_f16)(s + bias);
 }
-#else
-typedef edgeq_f16 acc_t;
-
-/* MACs of one row of KW taps (starting at input x, weights w[kx][CB]) into acc. */
-INLINE void row_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
-                    const edgeq_f16 *restrict x, const edgeq_f16 *restrict w) {
-    UNROLL for (int kx = 0; kx < KW; kx++) {
-        edgeq_f16 wv[CB_MAX];
-        UNROLL for (int c = 0; c < CB; c++) wv[c] = w[kx * CB + c];
-        UNROLL for (int j = 0; j < PB; j++) {
-            const edgeq_f16 xv = x[j * SW + kx * DW];
-            UNROLL for (int c = 0; c < CB; c++) MAC(acc[c][j], wv[c], xv);
-        }
-    }
-}
-
-/* Two rows of KW taps, x0 then x1, weights [2*KW][CB]. */
-INLINE void rows2_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
-                      const edgeq_f16 *x0, const edgeq_f16 *x1, const edgeq_f16 *restrict w) {
-    row_mac(CB, PB, KW, SW, DW, acc, x0, w);
-    row_mac(CB, PB, KW, SW, DW, acc, x1, w + KW * CB);
-}
-
-/* The last of an odd number of rows. */
-INLINE void row1_mac(const int CB, const int PB, const int KW, const int SW, const int DW, acc_t acc[][PB_MAX],
-                     const edgeq_f16 *x0, const edgeq_f16 *restrict w) {
-    row_mac(CB, PB, KW, SW, DW, acc, x0, w);
-}
-
-/* The output value: acc + bias; without a bias the kernels add -0.0 (see the 2-lane finish). */
-INLINE edgeq_f16 finish(acc_t a, edgeq_f16 bias) { return (edgeq_f16)(a + bias); }
-#endif
 
 /* One block. TAB: rows at the table's byte offsets; else rows q->plane elements apart (1x1 convs). The weights
  * of a row pair are 2*KW*CB elements with either packing. */
 INLINE void conv_block(const int CB, const int PB, const int KW, const int SW, const int DW, const int TAB,
                        const plan_t *q, const edgeq_f16 *xb, const edgeq_f16 *restrict w,
                        const edgeq_f16 *bias, int nco, edgeq_f16 *y, int ysz) {
-    acc_t acc[CB_MAX][PB_MAX];
-    UNROLL for (int c = 0; c < CB; c++) UNROLL for (int j = 0; j < PB; j++) acc[c][j] = (acc_t){0};
+    edgeq_v2f16 acc[CB_MAX][PB_MAX];
+    UNROLL for (int c = 0; c < CB; c++) UNROLL for (int j = 0; j < PB; j++) acc[c][j] = (edgeq_v2f16){0, 0};
     if (TAB) {
         const char *xc = (const char *)xb;
         const int32_t *t = q->tab, *te = t + (q->rows & ~1);
@@ -223,6 +202,64 @@ INLINE void conv_block(const int CB, const int PB, const int KW, const int SW, c
     }
 }
 
+#else
+/* MACs of one row of KW taps (starting at input x, weights w[kx][CB]) into acc. */
+INLINE void row_mac(const int CB, const int PB, const int KW, const int SW, const int DW,
+                    edgeq_f16 acc[CB_MAX][PB_MAX], const edgeq_f16 *restrict x, const edgeq_f16 *restrict w) {
+    UNROLL for (int kx = 0; kx < KW; kx++) {
+        edgeq_f16 wv[CB_MAX];
+        UNROLL for (int c = 0; c < CB; c++) wv[c] = w[kx * CB + c];
+        UNROLL for (int j = 0; j < PB; j++) {
+            const edgeq_f16 xv = x[j * SW + kx * DW];
+            UNROLL for (int c = 0; c < CB; c++) MAC(acc[c][j], wv[c], xv);
+        }
+    }
+}
+
+/* The output value: acc + bias (without a bias, -0.0: see the 2-lane finish). */
+INLINE edgeq_f16 finish(edgeq_f16 a, edgeq_f16 bias) { return (edgeq_f16)(a + bias); }
+
+/* One block. TAB: rows at the table's byte offsets; else rows q->plane elements apart (1x1 convs). */
+INLINE void conv_block(const int CB, const int PB, const int KW, const int SW, const int DW, const int TAB,
+                       const plan_t *q, const edgeq_f16 *xb, const edgeq_f16 *restrict w,
+                       const edgeq_f16 *bias, int nco, edgeq_f16 *y, int ysz) {
+    edgeq_f16 acc[CB_MAX][PB_MAX];
+    UNROLL for (int c = 0; c < CB; c++) UNROLL for (int j = 0; j < PB; j++) acc[c][j] = 0;
+    if (TAB) {
+        const char *xc = (const char *)xb;
+        const int32_t *t = q->tab, *te = t + (q->rows & ~1);
+        for (; t != te; t += 2, w += 2 * KW * CB) {
+            row_mac(CB, PB, KW, SW, DW, acc, (const edgeq_f16 *)(xc + t[0]), w);
+            row_mac(CB, PB, KW, SW, DW, acc, (const edgeq_f16 *)(xc + t[1]), w + KW * CB);
+        }
+        if (q->rows & 1) row_mac(CB, PB, KW, SW, DW, acc, (const edgeq_f16 *)(xc + t[0]), w);
+    } else {
+        const edgeq_f16 *x = xb;
+        const edgeq_f16 *we = w + (size_t)(q->rows & ~1) * KW * CB;
+        const int step = q->plane;
+        for (; w != we; w += 2 * KW * CB, x += 2 * step) {
+            row_mac(CB, PB, KW, SW, DW, acc, x, w);
+            row_mac(CB, PB, KW, SW, DW, acc, x + step, w + KW * CB);
+        }
+        if (q->rows & 1) row_mac(CB, PB, KW, SW, DW, acc, x, w);
+    }
+    if (nco == CB) {
+        UNROLL for (int c = 0; c < CB; c++) {
+            const edgeq_f16 b = bias[c];
+            UNROLL for (int j = 0; j < PB; j++) y[c * ysz + j] = finish(acc[c][j], b);
+        }
+    } else { /* the last block of a zero-padded group: only its first nco channels exist */
+        UNROLL for (int c = 0; c < CB; c++) {
+            if (c < nco) {
+                const edgeq_f16 b = bias[c];
+                UNROLL for (int j = 0; j < PB; j++) y[c * ysz + j] = finish(acc[c][j], b);
+            }
+        }
+    }
+}
+
+#endif
+
 /* One output row in blocks of PB pixels; the last block is shifted left to end at the row end. */
 INLINE void conv_row(const int CB, const int PB, const int KW, const int SW, const int DW, const int TAB,
                      const plan_t *q, const edgeq_f16 *xr, const edgeq_f16 *w, const edgeq_f16 *bias, int nco,
@@ -234,22 +271,33 @@ INLINE void conv_row(const int CB, const int PB, const int KW, const int SW, con
     }
 }
 
+#if LN == 2
 /* Depthwise 3x3 (dilation 1, stride S both ways): PB pixels of two output rows from the S + 3 input rows, each input
  * loaded once. Per output the MACs still run over (ky, kx) in ascending order. Used with S = 1 (see dw_r3s2). */
 INLINE void dw3_block2(const int PB, const int S, const plan_t *q, const edgeq_f16 *restrict xb,
                        const edgeq_f16 *restrict w, edgeq_f16 b, edgeq_f16 *restrict y) {
-    acc_t acc[2][PB_MAX];
-    UNROLL for (int r = 0; r < 2; r++) UNROLL for (int j = 0; j < PB; j++) acc[r][j] = (acc_t){0};
+    edgeq_v2f16 acc[2][PB_MAX];
+    UNROLL for (int r = 0; r < 2; r++) UNROLL for (int j = 0; j < PB; j++) acc[r][j] = (edgeq_v2f16){0, 0};
     const int wp = q->wp;
-#if LN == 2
-    /* taps t = 3*ky + kx in pairs (2p, 2p+1); the fifth pair is (8, pad) */
-    UNROLL for (int p = 0; p < 5; p++) {
+    /* taps t = 3*ky + kx in pairs p = (2p, 2p+1), the fifth pair (8, pad); one loop over (p, output row r): with two
+     * nested loops clang-19 schedules the block worse (+8% instructions fused, +4% unfused, for the depthwise
+     * layer of bench/mcu.py) */
+    UNROLL for (int i = 0; i < 10; i++) {
+        const int p = i >> 1, r = i & 1;
         const int ta = 2 * p, tb = p < 4 ? ta + 1 : ta;
-        UNROLL for (int r = 0; r < 2; r++)
-            pair_mac(1, PB, S, p == 4, &acc[r], xb + (r * S + ta / 3) * wp + ta % 3,
-                     xb + (r * S + tb / 3) * wp + tb % 3, w + 2 * p);
+        pair_mac(1, PB, S, p == 4, &acc[r], xb + (r * S + ta / 3) * wp + ta % 3,
+                 xb + (r * S + tb / 3) * wp + tb % 3, w + 2 * p);
     }
+    UNROLL for (int r = 0; r < 2; r++) UNROLL for (int j = 0; j < PB; j++) y[r * q->ow + j] = finish(acc[r][j], b);
+}
 #else
+/* Depthwise 3x3 (dilation 1, stride S both ways): PB pixels of two output rows from the S + 3 input rows, each input
+ * loaded once. Per output the MACs still run over (ky, kx) in ascending order. Used with S = 1 (see dw_r3s2). */
+INLINE void dw3_block2(const int PB, const int S, const plan_t *q, const edgeq_f16 *restrict xb,
+                       const edgeq_f16 *restrict w, edgeq_f16 b, edgeq_f16 *restrict y) {
+    edgeq_f16 acc[2][PB_MAX];
+    UNROLL for (int r = 0; r < 2; r++) UNROLL for (int j = 0; j < PB; j++) acc[r][j] = 0;
+    const int wp = q->wp;
     UNROLL for (int ky = 0; ky < 3; ky++) {
         UNROLL for (int kx = 0; kx < 3; kx++) {
             const edgeq_f16 wv = w[ky * 3 + kx];
@@ -259,9 +307,9 @@ INLINE void dw3_block2(const int PB, const int S, const plan_t *q, const edgeq_f
             }
         }
     }
-#endif
     UNROLL for (int r = 0; r < 2; r++) UNROLL for (int j = 0; j < PB; j++) y[r * q->ow + j] = finish(acc[r][j], b);
 }
+#endif
 
 /* ---- the layer ------------------------------------------------------------------------------------------ */
 
@@ -304,7 +352,6 @@ INLINE void conv_layer(const int CB, const int PB, const int KW, const int SW, c
                        const edgeq_f16 *w, const edgeq_f16 *bias, edgeq_f16 *y, edgeq_f16 *pad_buf) {
     const int two_rows = DW2 && p->kh == 3 && p->dh == 1 && q->sh == DW2 && q->ow >= PB_DW2;
     const int ncob = (q->cout_g + CB - 1) / CB, ysz = q->oh * q->ow;
-    const int kp = LN == 2 ? (q->k + 1) & ~1 : q->k; /* packed weights per output channel (K even with 2 lanes) */
     for (int g = 0; g < p->group; g++) {
         const edgeq_f16 *xg = x + (size_t)g * q->cin_g * q->plane;
         if (pad_buf) {
@@ -313,7 +360,7 @@ INLINE void conv_layer(const int CB, const int PB, const int KW, const int SW, c
         }
         for (int b = 0; b < ncob; b++) {
             const int co = g * q->cout_g + b * CB, nco = imin(CB, q->cout_g - b * CB);
-            const edgeq_f16 *wb = w + (size_t)(g * ncob + b) * kp * CB;
+            const edgeq_f16 *wb = w + (size_t)(g * ncob + b) * KPACK(q->k) * CB;
             const edgeq_f16 *bb = bias ? bias + co : NEG_ZEROS;
             edgeq_f16 *yc = y + (size_t)co * ysz;
             int oy = 0;
@@ -409,22 +456,30 @@ void edgeq_conv2d(const edgeq_conv_t *p, const edgeq_f16 *x, const edgeq_f16 *w_
 
 /* ---- dense ---------------------------------------------------------------------------------------------- */
 
+#if LN == 2
 INLINE void dense_block(const int NB, int k, const edgeq_f16 *restrict x, const edgeq_f16 *restrict w,
                         const edgeq_f16 *restrict bias, edgeq_f16 *restrict y) {
-    acc_t acc[16];
-    UNROLL for (int n = 0; n < NB; n++) acc[n] = (acc_t){0};
+    edgeq_v2f16 acc[16];
+    UNROLL for (int n = 0; n < NB; n++) acc[n] = (edgeq_v2f16){0, 0};
     int i = 0;
-#if LN == 2
     /* weights [k/2][NB][2]: the pair (x[i], x[i+1]) meets one packed pair per output */
     for (; i + 2 <= k; i += 2, w += 2 * NB) {
         const edgeq_v2f16 xv = {x[i], x[i + 1]};
         UNROLL for (int n = 0; n < NB; n++) MAC2(acc[n], ((const v2w_t *)w)[n], xv);
     }
-    if (i < k) { /* odd k: (x[k-1], +0) against (w[k-1], +0), the trailing MAC of lane 1 */
+    if (i < k) { /* odd k: (x[k-1], +0) against (w[k-1], +0), lane 1 takes the trailing MAC(+0, +0) */
         const edgeq_v2f16 xv = {x[i], 0};
-        UNROLL for (int n = 0; n < NB; n++) MAC2(acc[n], ((const v2w_t *)w)[n], xv);
+        UNROLL for (int n = 0; n < NB; n++) MAC2(acc[n], ((edgeq_v2f16){w[2 * n], 0}), xv);
     }
+    if (!bias) bias = NEG_ZEROS;
+    UNROLL for (int n = 0; n < NB; n++) y[n] = finish(acc[n], bias[n]);
+}
 #else
+INLINE void dense_block(const int NB, int k, const edgeq_f16 *restrict x, const edgeq_f16 *restrict w,
+                        const edgeq_f16 *restrict bias, edgeq_f16 *restrict y) {
+    edgeq_f16 acc[16];
+    UNROLL for (int n = 0; n < NB; n++) acc[n] = 0;
+    int i = 0;
     for (; i + 2 <= k; i += 2, w += 2 * NB) {
         const edgeq_f16 x0 = x[i], x1 = x[i + 1];
         UNROLL for (int n = 0; n < NB; n++) MAC(acc[n], w[n], x0);
@@ -434,10 +489,10 @@ INLINE void dense_block(const int NB, int k, const edgeq_f16 *restrict x, const 
         const edgeq_f16 x0 = x[i];
         UNROLL for (int n = 0; n < NB; n++) MAC(acc[n], w[n], x0);
     }
-#endif
     if (!bias) bias = NEG_ZEROS;
     UNROLL for (int n = 0; n < NB; n++) y[n] = finish(acc[n], bias[n]);
 }
+#endif
 
 #define DENSE(NB) \
     static __attribute__((noinline)) void dense_##NB(int k, const edgeq_f16 *x, const edgeq_f16 *w, \
@@ -457,8 +512,7 @@ void edgeq_dense(int k, int n, const edgeq_f16 *x, const edgeq_f16 *w_packed, co
     (void)scratch;
     int n0 = 0;
     const edgeq_f16 *w = w_packed;
-    const int kp = LN == 2 ? (k + 1) & ~1 : k; /* packed rows of weights */
-    for (; n - n0 >= EDGEQ_DENSE_NB; n0 += EDGEQ_DENSE_NB, w += (size_t)kp * EDGEQ_DENSE_NB) {
+    for (; n - n0 >= EDGEQ_DENSE_NB; n0 += EDGEQ_DENSE_NB, w += (size_t)KPACK(k) * EDGEQ_DENSE_NB) {
 #if EDGEQ_DENSE_NB == 16
         dense_16(k, x, w, bias ? bias + n0 : NULL, y + n0);
 #else
@@ -473,7 +527,7 @@ void edgeq_dense(int k, int n, const edgeq_f16 *x, const edgeq_f16 *w_packed, co
             else if (nb == 2) dense_2(k, x, w, bb, y + n0);
             else dense_1(k, x, w, bb, y + n0);
             n0 += nb;
-            w += (size_t)kp * nb;
+            w += (size_t)KPACK(k) * nb;
         }
     }
 }

@@ -25,9 +25,9 @@
  *   dense: [block][k][nb]: blocks of EDGEQ_DENSE_NB outputs (16, or 8 with 2 lanes), then one block for each
  *          remaining power of two, largest first (e.g. N = 10 with NB 16: blocks 8, 2).
  *   EDGEQ_LANES=2: k is stored in pairs, [k/2][CB][2] and [k/2][nb][2], so that the v2f16 operand
- *          (w[k], w[k+1]) of one output (k even) is one aligned 32-bit load; K is first padded to even with a
- *          +0.0 weight, which meets x = +0.0 in the trailing MAC(lane1, +0, +0) of an odd K. Every block has an
- *          even number of elements: w_packed must be 4-byte aligned.
+ *          (w[k], w[k+1]) of one output (k even) is one aligned 32-bit load; an odd K is first padded to even
+ *          with a +0.0 weight (the weight of the trailing MAC(lane1, +0, +0); the kernels use the constant).
+ *          Every block has an even number of elements: w_packed must be 4-byte aligned.
  */
 #ifndef EDGEQ_NN_H
 #define EDGEQ_NN_H
