@@ -61,4 +61,7 @@ def load_vectors(path: Path | None, n: int, shape: tuple[int, ...], seed: int, i
         x, _ = load_arrays(path)
     else:
         x = default_vectors(n, shape, seed, in_format)
-    return np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 0 or len(x) == 0:
+        raise EdgeqError(f"{path}: holds no test vectors; pass a batch shaped (n, {', '.join(map(str, shape))})")
+    return x

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
 
         try:
             graph = load_graph(d / mcu.get("program", "program.npz"))
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             raise EdgeqError(f"{d / 'program.npz'}: unreadable ({e}); rebuild the project with `edgeq build --force`"
                              ) from None
         reference_name = "program.npz"

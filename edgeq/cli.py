@@ -180,7 +180,8 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
 @click.option("--board", "-b", required=True, help="Target board (see `edgeq boards`).")
 @click.option("--out", "-o", "out_dir", required=True, help="Project directory to create.")
 @click.option("--vectors", default=None, help="Test inputs (.npy, or .npz with 'x'); default: a seeded random batch.")
-@click.option("--n-vectors", default=64, show_default=True, help="Size of the default random batch.")
+@click.option("--n-vectors", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Size of the default random batch.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace DIR if it exists.")
 @click.option("--synth", is_flag=True, help="Also run vitis_hls/vivado when they are on PATH.")
@@ -207,6 +208,10 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
                       n_vectors=n_vectors, seed=seed, force=force, synth=synth, allow_over_budget=allow_over_budget,
                       trace=trace)
     if get_board(board).kind == "mcu":
+        for flag, given in (("--synth", synth), ("--allow-over-budget", allow_over_budget)):
+            if given:
+                click.echo(f"edgeq: warning: {flag} has no effect for MCU boards (the linker enforces the budgets)",
+                           err=True)
         _build_mcu(ctx, cfg, mac == "fma", simd)
         return
     steps = ["load", "lower", "cost", "vectors", "render", "csim"]
@@ -237,6 +242,8 @@ def _build_mcu(ctx: _Ctx, cfg, fma: bool, simd: str) -> None:
             click.echo(f"edgeq: build failed: {e}", err=True)
             sys.exit(1)
     h, fw = report["host_check"], report["firmware"]
+    for risk in report.get("fp16_overflow_risk") or []:
+        click.echo(f"edgeq: warning: layer '{risk['layer']}': {risk['note']}", err=True)
     click.echo(f"{cfg.out}: host check {h['status']} ({h['mismatches']} mismatches over {h['vectors']} vectors); "
                f"RAM {fw['ram_used']:,}/{fw['ram_budget']:,} B, flash {fw['flash_used']:,}/{fw['flash_budget']:,} B; "
                f"run it with `edgeq flash {cfg.out} --board {cfg.board}`")

@@ -18,6 +18,7 @@ returned as float64 values.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -73,8 +74,16 @@ def step(graph: Graph, layer: Layer, env: dict[str, np.ndarray]) -> np.ndarray:
     xs = [env[t] for t in layer.inputs]
     if layer.op not in _CODE_OPS:
         xs = [_values(graph.tensors[t].format, v) for t, v in zip(layer.inputs, xs)]
-    y = run_layer(graph, layer, xs)
-    return y.astype(storage_dtype(graph.tensors[layer.output].format), copy=False)
+    mcu = layer.contract.engine in _MCU_ENGINES or layer.contract.engine.startswith("fp16")
+    with np.errstate(all="ignore") if mcu else contextlib.nullcontext():  # MCU: inf and NaN follow IEEE rules
+        y = run_layer(graph, layer, xs)
+        y = y.astype(storage_dtype(graph.tensors[layer.output].format), copy=False)
+    if mcu:
+        # MCU programs: a NaN is RISC-V's canonical quiet NaN (+, payload 0), whatever numpy produced
+        nan = np.isnan(y)
+        if nan.any():
+            y = np.where(nan, _F32(np.nan), y).astype(y.dtype, copy=False)
+    return y
 
 
 def run_chain(graph: Graph, layers: list[Layer], x: np.ndarray) -> np.ndarray:
@@ -88,6 +97,9 @@ def run_chain(graph: Graph, layers: list[Layer], x: np.ndarray) -> np.ndarray:
         env[layer.output] = step(graph, layer, env)
     return _values(graph.tensors[layers[-1].output].format, env[layers[-1].output]).astype(np.float64)
 
+
+#: contract engines of MCU programs (backends/mcu/lower.py), besides "fp16 ..."
+_MCU_ENGINES = {"fp32", "exact"}
 
 #: ops that take int64 codes of wide fixed-point tensors as they are (order-preserving or exact casts)
 _CODE_OPS = {"Quantize", "Relu", "MaxPool", "Reshape", "Transpose"}
@@ -262,27 +274,21 @@ def _avgpool(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
         s = x.astype(np.float64).sum(axis=(2, 3), keepdims=True)
         count = np.float64(x.shape[2] * x.shape[3])
         return s.astype(_F32) / _F32(count)
-    win, (pt, pl, pb, pr, eb, er) = _pool_windows(x.astype(np.float64), a, 0.0)
-    s = win.sum(axis=(4, 5))
-    if a["count_include_pad"]:
-        ones = np.zeros((1, 1) + x.shape[2:])
-        ones = np.pad(np.ones_like(ones), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    else:
-        ones = np.ones((1, 1) + x.shape[2:])
-        ones = np.pad(ones, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    ones = np.pad(ones, ((0, 0), (0, 0), (0, eb), (0, er)))
-    kh, kw = a["kernel"]
-    sh, sw = a["strides"]
-    oh, ow = s.shape[2], s.shape[3]
-    cnt = sliding_window_view(ones, (kh, kw), axis=(2, 3))[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
-    count = cnt.sum(axis=(4, 5))
-    return s.astype(_F32) / count.astype(_F32)
+    win, _ = _pool_windows(x.astype(np.float64), a, 0.0)
+    s = win.sum(axis=(4, 5))  # exact: the inputs are on fixed-point grids that fit float64
+    return s.astype(_F32) / pool_counts(a, x.shape[2:])
 
 
 def _global_pool_attrs(a: dict[str, Any], hw: tuple[int, ...]) -> dict[str, Any]:
     if a.get("global"):
         return {"kernel": tuple(hw), "strides": (1, 1), "pads": (0, 0, 0, 0), "count_include_pad": True}
     return a
+
+
+def pool_output_hw(a: dict[str, Any], in_hw: tuple[int, int]) -> tuple[int, int]:
+    """(OH, OW) of a 2-D pool with the emulator's (onnxruntime's) geometry."""
+    win, _ = _pool_windows(np.zeros((1, 1) + tuple(in_hw), dtype=_F32), a, 0.0)
+    return int(win.shape[2]), int(win.shape[3])
 
 
 def pool_counts(a: dict[str, Any], in_hw: tuple[int, int]) -> np.ndarray:
@@ -491,6 +497,8 @@ def _exact_columns(xv: np.ndarray, w: np.ndarray) -> np.ndarray:
         n = np.abs(v[v != 0] * 2.0**24).astype(np.int64)  # float16 values are multiples of 2**-24
         return math.ldexp(float(np.min(n & -n)), -24) if n.size else 1.0
 
+    if not (np.all(np.isfinite(xv)) and np.all(np.isfinite(w))):
+        return np.zeros(w.shape[1], dtype=bool)
     unit = lsb(xv) * lsb(w)
     if unit < 2.0**-24:
         return np.zeros(w.shape[1], dtype=bool)
@@ -507,6 +515,11 @@ def _fp16_lanes(acc_lanes: list[np.ndarray]) -> np.ndarray:
 
 
 def _fp16_dense(layer: Layer, x: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):  # overflow to inf and NaN are part of the fp16 contract
+        return _fp16_dense_impl(layer, x)
+
+
+def _fp16_dense_impl(layer: Layer, x: np.ndarray) -> np.ndarray:
     c = layer.contract
     lanes = int(layer.attrs.get("lanes", 1))
     xv = x.astype(np.float64)
@@ -531,6 +544,11 @@ def _fp16_dense(layer: Layer, x: np.ndarray) -> np.ndarray:
 
 
 def _fp16_conv(layer: Layer, x: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):  # overflow to inf and NaN are part of the fp16 contract
+        return _fp16_conv_batched(layer, x)
+
+
+def _fp16_conv_batched(layer: Layer, x: np.ndarray) -> np.ndarray:
     per_sample = int(np.prod(x.shape[1:])) * layer.weight[0].size
     step = max(1, _CHUNK_ELEMS // 2 // max(1, per_sample))  # bound the (samples*pixels, K) columns
     if x.shape[0] > step:

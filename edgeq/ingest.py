@@ -432,10 +432,10 @@ class _Lowering:
             self.add(node, "Clip", [x], self.tensors[x].format, attrs={"lo": lo, "hi": hi})
         elif op == "MaxPool":
             x = self.need_dynamic(node)
-            self.add(node, "MaxPool", [x], self.tensors[x].format, attrs=self.pool_attrs(node))
+            self.add(node, "MaxPool", [x], self.tensors[x].format, attrs=self.pool_attrs(node, x))
         elif op in ("AveragePool", "GlobalAveragePool"):
             x = self.need_dynamic(node)
-            attrs = self.pool_attrs(node) if op == "AveragePool" else {"global": True}
+            attrs = self.pool_attrs(node, x) if op == "AveragePool" else {"global": True}
             attrs["count_include_pad"] = int(_attr(node, "count_include_pad", 0))
             self.add(node, "AvgPool", [x], Float32(), attrs=attrs,
                      contract=Contract(rounding="once: float32 division of the exact window sum",
@@ -497,7 +497,7 @@ class _Lowering:
                  contract=Contract(rounding=f"round(x/scale) half-even, then {fmt.rounding} on /2^k",
                                    order="elementwise", engine="float32 numpy (QONNX order)"))
 
-    def pool_attrs(self, node) -> dict[str, Any]:
+    def pool_attrs(self, node, x: str) -> dict[str, Any]:
         k = list(_attr(node, "kernel_shape", []))
         if len(k) != 2:
             raise EdgeqError(f"node '{node.name}' ({node.op_type}): only 2-D pooling is supported (kernel {k})")
@@ -507,8 +507,17 @@ class _Lowering:
         dil = list(_attr(node, "dilations", [1, 1]))
         if dil != [1, 1]:
             raise EdgeqError(f"node '{node.name}' ({node.op_type}): dilated pooling is unsupported")
-        return {"kernel": k, "strides": list(_attr(node, "strides", [1, 1])), "pads": pads,
-                "ceil_mode": int(_attr(node, "ceil_mode", 0))}
+        attrs = {"kernel": k, "strides": list(_attr(node, "strides", [1, 1])), "pads": pads,
+                 "ceil_mode": int(_attr(node, "ceil_mode", 0))}
+        from edgeq.emulate import pool_output_hw
+
+        hw = tuple(self.tensors[x].shape[1:])
+        want, got = pool_output_hw(attrs, hw), tuple(self.shape(node.output[0])[1:])
+        if want != got:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): its output {got} is not what onnxruntime computes "
+                             f"({want}) for input {hw} with these pads and ceil_mode; export without ceil_mode or "
+                             "with pads that keep the last window inside the input")
+        return attrs
 
     def lower_binary(self, node, dyn: list[str]) -> None:
         op = node.op_type

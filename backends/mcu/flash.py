@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ def read_project(d: Path) -> dict[str, Any]:
                          "`edgeq build`") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise EdgeqError(f"{info_path}: corrupt JSON; rebuild the project with `edgeq build --force`") from None
+    count = info.get("vectors", {}).get("count") if isinstance(info, dict) and isinstance(info.get("vectors"),
+                                                                                          dict) else None
+    if not isinstance(info, dict) or (info.get("backend") == "mcu" and not isinstance(count, int)):
+        raise EdgeqError(f"{info_path}: not a build.json written by `edgeq build`; rebuild the project with "
+                         "`edgeq build --force`")
     return info
 
 
@@ -66,10 +72,12 @@ def flash(d: Path, board_name: str, timeout: float = 600.0, port: str | None = N
         raise EdgeqError(f"{elf}: missing; rebuild the project with `edgeq build --force`")
     try:
         program = load_graph(d / info.get("program", "program.npz"))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise EdgeqError(f"{d / 'program.npz'}: unreadable ({e}); rebuild the project with `edgeq build --force`"
                          ) from None
     n = int(info["vectors"]["count"])
+    for stale in ("hw_outputs.npy", "hw_counters.json", "hw_log.txt"):  # never leave a previous run's results
+        (d / stale).unlink(missing_ok=True)
     res = toolchain.run_firmware(board, elf, timeout, port=port)
     _write_atomic(d / "hw_log.txt", res.stdout.encode())
     parsed = parse_run(res.stdout, program, n)

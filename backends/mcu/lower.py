@@ -72,6 +72,7 @@ class Conversion:
 class McuLowering:
     graph: Graph
     conversions: list[Conversion] = field(default_factory=list)
+    overflow_risk: list[dict[str, Any]] = field(default_factory=list)  # MAC layers whose fp16 sums may reach inf
 
 
 def grid_values(fmt: NumFormat) -> np.ndarray | None:
@@ -83,15 +84,16 @@ def grid_values(fmt: NumFormat) -> np.ndarray | None:
             codes = np.arange(fmt.code_min, fmt.code_max + 1, dtype=np.float32)
         else:
             return None
-        vals = []
-        for s in fmt.scale:
-            for z in fmt.zero_point:
-                vals.append((codes - np.float32(z)) * np.float32(s))
-        return np.concatenate(vals)
+        scales, zeros = np.asarray(fmt.scale, np.float32), np.asarray(fmt.zero_point, np.float32)
+        if len(scales) > 1 and len(zeros) > 1:  # per channel: channel i has scale i and zero point i
+            pairs = zip(scales, zeros)
+        else:
+            pairs = ((sc, z) for sc in scales for z in zeros)
+        return np.concatenate([(codes - z) * sc for sc, z in pairs])
     if isinstance(fmt, FixedPoint) and fmt.width <= 16:
         return fmt.decode(np.arange(fmt.code_min, fmt.code_max + 1)).astype(np.float32)
     if isinstance(fmt, Binary):
-        return np.array([-1.0, 1.0], dtype=np.float32)
+        return np.concatenate([np.array([-1.0, 1.0], dtype=np.float32) * np.float32(sc) for sc in fmt.scale])
     return None
 
 
@@ -122,6 +124,7 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None) -> McuLowering:
     if opts.lanes not in (1, 2):
         raise EdgeqError(f"SIMD lanes must be 1 or 2, got {opts.lanes}")
     notes: list[Conversion] = []
+    overflow: list[dict[str, Any]] = []
     tensors: dict[str, Tensor] = {}
     layers: list[Layer] = []
     orig = graph.tensors  # formats of the original graph: the grids values lie on
@@ -138,7 +141,10 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None) -> McuLowering:
         tensors[layer.output] = Tensor(layer.output, shape, out_fmt)
         layers.append(layer)
 
+    casts: dict[str, str] = {}  # float32 tensor -> its float16 cast (one per tensor, shared by its MAC layers)
+
     for src in graph.layers:
+        _check_shapes(graph, src)
         lay = copy.copy(src)
         lay.attrs = dict(src.attrs)
         lay.inputs = list(src.inputs)
@@ -149,13 +155,14 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None) -> McuLowering:
         if op in ("Conv2d", "Dense"):
             x = lay.inputs[0]
             if not isinstance(fmt_of(x), Float16):
-                exact = fits_f16(orig[x].format)
-                cast_out = f"{x}__f16"
-                add(Layer(name=f"{lay.name}_cast", op="Cast", inputs=[x], output=cast_out, source=list(lay.source),
-                          contract=Contract(rounding="none: exact" if exact else "float32 to float16, RNE",
-                                            engine="fp32")), F16)
-                notes.append(Conversion(f"{lay.name}_cast", f"input {orig[x].format} to float16", exact))
-                lay.inputs = [cast_out]
+                if x not in casts:
+                    exact = fits_f16(orig[x].format)
+                    casts[x] = f"{x}__f16"
+                    add(Layer(name=f"{lay.name}_cast", op="Cast", inputs=[x], output=casts[x],
+                              source=list(lay.source), contract=Contract(
+                                  rounding="none: exact" if exact else "float32 to float16, RNE", engine="fp32")), F16)
+                    notes.append(Conversion(f"{lay.name}_cast", f"input {orig[x].format} to float16", exact))
+                lay.inputs = [casts[x]]
             lay.attrs["input_grid"] = orig[x].format
             lay.weight = _to_f16(src.weight, lay.name, f"weights ({src.weight_format})", notes)
             lay.weight_format = F16
@@ -164,13 +171,18 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None) -> McuLowering:
                 lay.bias_format = F16
             lay.attrs["lanes"] = opts.lanes
             lay.contract = opts.mac_contract()
+            bound = _worst_sum(orig[x].format, lay.weight)
+            if bound is None or bound > 65504.0:
+                overflow.append({"layer": lay.name, "worst_case_sum": bound, "note": (
+                    "the input grid is unbounded or unknown" if bound is None else
+                    f"sum |w| * max|x| = {bound:.6g} > 65504: an fp16 accumulator can overflow to inf")})
             add(lay, F16)
         elif op == "Quantize":
             grid = orig[lay.output].format
-            if not isinstance(grid, (Int, FixedPoint)):
+            if not isinstance(grid, (Int, FixedPoint, Binary)):
                 raise EdgeqError(
                     f"layer '{lay.name}' ({', '.join(lay.source)}): {grid} quantizers are not supported by the MCU "
-                    "backend (integer and fixed-point quantizers are); use an FPGA board for minifloat models")
+                    "backend (integer, bipolar and fixed-point quantizers are); use an FPGA board for this model")
             lay.attrs["grid"] = grid
             lay.contract = _GLUE_CONTRACT
             add(lay, F16 if fits_f16(grid) else F32)
@@ -194,4 +206,29 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None) -> McuLowering:
             raise EdgeqError(f"layer '{lay.name}': op {op} is not supported by the MCU backend")
 
     mcu = Graph(f"{graph.name}", list(graph.inputs), list(graph.outputs), tensors, layers, graph.source_path)
-    return McuLowering(mcu, notes)
+    return McuLowering(mcu, notes, overflow)
+
+
+def _worst_sum(x_fmt: NumFormat, w: np.ndarray) -> float | None:
+    """The largest |partial sum| an fp16 accumulator can see: max over outputs of sum |w| * max |x|."""
+    try:
+        xmax = max(abs(float(x_fmt.min)), abs(float(x_fmt.max)))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if not np.isfinite(xmax):
+        return None
+    a = np.abs(np.asarray(w, dtype=np.float64))
+    per_out = a.reshape(a.shape[0], -1).sum(axis=1) if a.ndim == 4 else a.sum(axis=0)
+    return float(per_out.max() * xmax) if per_out.size else 0.0
+
+
+def _check_shapes(graph: Graph, lay: Layer) -> None:
+    """The C loops index every input like the output: refuse broadcasting element-wise layers."""
+    if lay.op in ("Add", "Quantize", "Trunc", "BatchNorm", "FloatOp", "Clip", "Relu"):
+        out = tuple(graph.tensors[lay.output].shape)
+        for t in lay.inputs:
+            if tuple(graph.tensors[t].shape) != out:
+                shape = tuple(graph.tensors[t].shape)
+                raise EdgeqError(
+                    f"layer '{lay.name}' ({', '.join(lay.source)}): {lay.op} broadcasts {shape} to {out}; the MCU "
+                    "backend needs equal shapes (expand the smaller input in the model)")

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgeq.emulate import batchnorm_coeffs, pool_counts
 from edgeq.errors import EdgeqError
-from edgeq.formats import OVERFLOW_MODES, ROUNDING_MODES, FixedPoint, Float16, Int
+from edgeq.formats import OVERFLOW_MODES, ROUNDING_MODES, Binary, FixedPoint, Float16, Int
 from edgeq.ir import Graph, Layer
 
 from . import kernels
@@ -24,8 +24,10 @@ from .plan import ELEMENTWISE, MemoryPlan, elem_bytes
 
 
 def f32(v: float) -> str:
-    """An exact C float literal (hexadecimal) for a float32 value."""
+    """An exact C float literal (hexadecimal) for a float32 value. NaN constants are refused."""
     v = float(np.float32(v))
+    if np.isnan(v):
+        raise EdgeqError("a constant of the model is NaN (e.g. a BatchNorm with var + eps = 0); fix the model")
     if np.isinf(v):
         return "(-__builtin_inff())" if v < 0 else "__builtin_inff()"
     return f"{v.hex()}f" if v != 0 or not np.signbit(v) else "(-0.0f)"
@@ -104,9 +106,10 @@ class Renderer:
             (1,) * max(0, len(shape) + 1 - np.ndim(values)) + np.shape(values))
             if np.ndim(values) else np.float32(values), (1,) + tuple(shape))[0]
         flat = full.reshape(full.shape[0] if full.ndim else 1, -1) if full.ndim else full.reshape(1, 1)
-        if np.all(full == full.flat[0]) and np.all(np.signbit(full) == np.signbit(full.flat[0])):
+        bits = np.ascontiguousarray(flat, dtype=np.float32).view(np.uint32)  # -0 and +0 differ
+        if np.all(bits == bits.flat[0]):
             return "scalar", f32(full.flat[0])
-        if np.all(flat == flat[:, :1]):
+        if np.all(bits == bits[:, :1]):
             return "channel", self.table(name, flat[:, 0])
         return "full", self.table(name, full)
 
@@ -152,7 +155,7 @@ class Renderer:
         return "", []  # the conversion to float16 is the store rule of a float16 output (see ew_chain)
 
     def e_relu(self, i: int, lay: Layer):
-        return "v = v > 0.0f ? v : 0.0f;", []
+        return "v = !(v <= 0.0f) ? v : 0.0f;", []  # np.maximum(v, 0): +0 for -0, NaN stays NaN
 
     def e_clip(self, i: int, lay: Layer):
         return f"v = edgeq_clip(v, {f32(lay.attrs['lo'])}, {f32(lay.attrs['hi'])});", []
@@ -195,7 +198,15 @@ class Renderer:
             mode = ROUNDING_MODES.index(grid.rounding)
             return (f"v = edgeq_quant_int(v, L{i}s, L{i}z, {int(grid.has_zero_point)}, {f32(grid.code_min)}, "
                     f"{f32(grid.code_max)}, {mode});", ps)
+        if isinstance(grid, Binary):
+            sc = grid.scale_array(len(y.shape) + 1, np.float32)
+            sc = sc.reshape(sc.shape[1:]) if sc.ndim == len(y.shape) + 1 else sc
+            kind, val = self.per_channel(lay, f"L{i}_s", sc, y.shape)
+            return f"v = edgeq_quant_sign(v, L{i}s);", [(f"L{i}s", kind, val)]
         if isinstance(grid, FixedPoint):
+            if not -126 <= grid.frac_bits <= 126:
+                raise EdgeqError(f"layer '{lay.name}': {grid} has a scale 2^{-grid.frac_bits} outside float32's "
+                                 "normal range; the MCU backend's float32 quantizer cannot apply it exactly")
             if grid.overflow == "WRAP" or grid.width > 24:
                 raise EdgeqError(f"layer '{lay.name}': {grid} (WRAP overflow or wider than 24 bits) is not supported "
                                  "by the MCU backend's float32 quantizer; use a SAT overflow mode")
@@ -208,6 +219,8 @@ class Renderer:
         y = self.g.tensors[lay.output]
         a = lay.attrs
         step: Int = a["step"]
+        if step.bipolar:
+            raise EdgeqError(f"layer '{lay.name}': a 1-bit Trunc is not supported by the MCU backend")
         for key in ("scale", "out_scale"):
             if np.size(a[key]) != 1:
                 raise EdgeqError(f"layer '{lay.name}': a per-channel Trunc {key} is not supported by the MCU backend")
@@ -272,8 +285,8 @@ class Renderer:
                 f"        Y[(c * {oh} + oy) * {ow} + ox] = {finish};\n    }} }}")
 
     def r_maxpool(self, i: int, lay: Layer) -> str:
-        t = _ctype(self.g.tensors[lay.output].format)
-        return self._pool(i, lay, f"({t})(-__builtin_inff())", "m = m > v ? m : v;", "m", t)
+        t = _ctype(self.g.tensors[lay.output].format)  # np.maximum(m, v): v wins a tie, NaN propagates
+        return self._pool(i, lay, f"({t})(-__builtin_inff())", "m = (m != m || m > v) ? m : v;", "m", t)
 
     def r_avgpool(self, i: int, lay: Layer) -> str:
         x = self.g.tensors[lay.inputs[0]]

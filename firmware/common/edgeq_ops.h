@@ -43,10 +43,14 @@ static inline float edgeq_round(float v, int mode) {
     return inc ? fl + 1.0f : fl;
 }
 
-/* numpy's clip / maximum / minimum, signed zeros included. */
-static inline float edgeq_clip(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
-static inline float edgeq_max(float a, float b) { return a > b ? a : b; }
-static inline float edgeq_min(float a, float b) { return a < b ? a : b; }
+/* numpy's clip / maximum / minimum: signed zeros (the second operand wins a tie), NaN propagated, and for
+ * clip with lo > hi the result hi. NaNs are canonical on RISC-V, and the emulator canonicalises its own. */
+static inline float edgeq_clip(float v, float lo, float hi) {
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+static inline float edgeq_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+static inline float edgeq_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
 
 /* Integer codes of QONNX Quant (edgeq.formats.Int.quantize_codes), in float32: x / s (+ z), clip, round. */
 static inline float edgeq_int_codes(float x, float s, float z, int has_z, float lo, float hi, int mode) {
@@ -61,8 +65,11 @@ static inline float edgeq_quant_int(float x, float s, float z, int has_z, float 
     return has_z ? (q - z) * s : q * s;
 }
 
-/* BipolarQuant: (x / s >= 0 ? 1 : -1) * s. */
+/* A 1-bit signed QONNX Quant (bipolar Int): (x / s >= 0 ? 1 : -1) * s. */
 static inline float edgeq_quant_bipolar(float x, float s) { return (x / s >= 0.0f ? 1.0f : -1.0f) * s; }
+
+/* BipolarQuant (edgeq.formats.Binary): (x >= 0 ? 1 : -1) * s. */
+static inline float edgeq_quant_sign(float x, float s) { return (x >= 0.0f ? 1.0f : -1.0f) * s; }
 
 /* ap_fixed assignment from a float (edgeq.formats.FixedPoint.quantize_codes) for SAT-family overflow and
  * width <= 24: clip to +-lim = 2^(int_bits+1), scale by up = 2^frac (exact), round, saturate the integer code
