@@ -41,7 +41,6 @@ static inline uint64_t edgeq_cycles(void) { return 0; }
 
 #else
 void edgeq_puts(const char *s);                /* write a NUL-terminated string to the host */
-void edgeq_put_hex(uint32_t v, int digits);    /* write the low `digits` hex digits of v (1..8) */
 void edgeq_exit(int code) __attribute__((noreturn)); /* stop the simulator with this exit code */
 
 #if __riscv_xlen == 32
@@ -73,6 +72,21 @@ static inline uint64_t edgeq_cycles(void) {
     uint64_t edgeq_v_;
     EDGEQ_READ_CSR64(mcycle, mcycleh);
     return edgeq_v_;
+}
+#endif
+
+#if !(defined(EDGEQ_HOST) || !defined(__riscv))
+/* Write the low `digits` hex digits of v (1..8): one implementation for every I/O layer, over edgeq_puts. */
+static inline void edgeq_put_hex(uint32_t v, int digits) {
+    char buf[9];
+    if (digits < 1) digits = 1;
+    if (digits > 8) digits = 8;
+    for (int i = digits - 1; i >= 0; i--) {
+        buf[i] = "0123456789abcdef"[v & 15];
+        v >>= 4;
+    }
+    buf[digits] = 0;
+    edgeq_puts(buf);
 }
 #endif
 

@@ -16,18 +16,6 @@ static long semihost(long op, const void *arg) {
 
 void edgeq_puts(const char *s) { semihost(0x04 /* SYS_WRITE0 */, s); }
 
-void edgeq_put_hex(uint32_t v, int digits) {
-    char buf[9];
-    if (digits < 1) digits = 1;
-    if (digits > 8) digits = 8;
-    for (int i = digits - 1; i >= 0; i--) {
-        buf[i] = "0123456789abcdef"[v & 15];
-        v >>= 4;
-    }
-    buf[digits] = 0;
-    edgeq_puts(buf);
-}
-
 void edgeq_exit(int code) {
     uint32_t block[2] = {0x20026 /* ADP_Stopped_ApplicationExit */, (uint32_t)code};
     semihost(0x20 /* SYS_EXIT_EXTENDED */, block);

@@ -112,18 +112,6 @@ void edgeq_puts(const char *s) {
     mid_line = last != '\n';
 }
 
-void edgeq_put_hex(uint32_t v, int digits) {
-    char buf[9];
-    if (digits < 1) digits = 1;
-    if (digits > 8) digits = 8;
-    for (int i = digits - 1; i >= 0; i--) {
-        buf[i] = "0123456789abcdef"[v & 15];
-        v >>= 4;
-    }
-    buf[digits] = 0;
-    edgeq_puts(buf);
-}
-
 void edgeq_exit(int code) {
     uint32_t c = (uint32_t)code;
     int digits = 1;
