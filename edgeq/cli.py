@@ -117,11 +117,21 @@ def boards(as_json: bool) -> None:
 @cli.command()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(model: str, as_json: bool) -> None:
-    """Per-layer table: op, source node, shapes, formats, MACs and weight bits."""
+@click.option("--mst", "with_mst", is_flag=True,
+              help="Per binary layer: MST reordering figures (depth, roots, distance, compression, ops).")
+@click.option("--mst-depth", type=int, default=None, metavar="N",
+              help="Depth bound of the MST forest (>= 1; implies --mst; default unbounded: the exact MST).")
+def inspect(model: str, as_json: bool, with_mst: bool, mst_depth: int | None) -> None:
+    """Per-layer table: op, source node, shapes, formats, MACs and weight bits (with --mst: MST figures)."""
     from edgeq.ingest import load
 
+    with_mst = with_mst or mst_depth is not None
+    if mst_depth is not None and mst_depth < 1:
+        raise EdgeqError(f"--mst-depth: MST depth bound must be >= 1, got {mst_depth}")
     g = load(model)
+    if with_mst:
+        _inspect_mst(g, model, mst_depth, as_json)
+        return
     rows = g.summary()
     if as_json:
         doc = {
@@ -147,6 +157,35 @@ def inspect(model: str, as_json: bool) -> None:
                   f"{r['macs']:,}" if r["macs"] else "", f"{r['weight_bits']:,}" if r["weight_bits"] else "")
     Console(width=max(160, shutil.get_terminal_size().columns)).print(t)
     click.echo(f"total MACs {sum(r['macs'] for r in rows):,}, weight bits {sum(r['weight_bits'] for r in rows):,}")
+
+
+def _inspect_mst(g, model: str, max_depth: int | None, as_json: bool) -> None:
+    """`inspect --mst`: one row of MST figures per binary layer (edgeq.mst.stats)."""
+    from edgeq import mst
+
+    layers = [lay for lay in g.layers if mst.is_binary(lay)]
+    if not layers:
+        raise EdgeqError(f"{model}: --mst found no binary layer (Dense/Conv2d with bipolar weights) to reorder")
+    rows = []
+    for lay in layers:
+        tree, _ = mst.layer_tree(lay, max_depth)
+        rows.append({"layer": lay.name, "op": lay.op, **mst.stats(tree)})
+    if as_json:
+        click.echo(json.dumps({"model": str(model), "mst": {"max_depth": max_depth, "layers": rows}}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    bound = "unbounded" if max_depth is None else f"depth <= {max_depth}"
+    t = Table(title=f"{model}: MST reordering ({bound})")
+    for col in ("layer", "op", "Cout x K", "depth", "roots", "total distance / K(Cout-1)", "stored bits / dense",
+                "compression", "ops / plain XNOR", "op ratio"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["layer"], r["op"], f"{r['channels']} x {r['K']}", str(r["depth"]), str(r["roots"]),
+                  f"{r['total_distance']:,} / {r['dense_distance']:,}", f"{r['stored_bits']:,} / {r['dense_bits']:,}",
+                  f"{r['compression']:.2f}x", f"{r['ops']:,} / {r['xnor_ops']:,}", f"{r['op_ratio']:.2f}x")
+    Console(width=max(160, shutil.get_terminal_size().columns)).print(t)
 
 
 @cli.command()
