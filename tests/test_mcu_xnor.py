@@ -11,44 +11,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mcu_tools import BOARD
+from mcu_tools import host_compiler as _host_compiler
+from mcu_tools import need as _need
+from mcu_tools import qemu as _qemu
 
 from edgeq import mst
 from edgeq.backends.mcu import kernels, xnor
 from edgeq.backends.mcu import toolchain as tc
 from edgeq.errors import EdgeqError
 
-BOARD = "qemu-rv32"
 GUARD = 4
 CANARY = 0x5A5A5A5A
 
 
-def _need(*checks) -> None:
-    """Skip (fail under CI=1) when a compiler or simulator is missing."""
-    try:
-        for check in checks:
-            check()
-    except EdgeqError as e:
-        if os.environ.get("CI"):
-            pytest.fail(str(e))
-        pytest.skip(str(e))
-
-
-def _host_compiler() -> None:
-    if not (shutil.which("gcc") or shutil.which("clang") or shutil.which("clang-19")):
-        raise EdgeqError("no host C compiler (gcc or clang); `apt-get install gcc`")
-
-
-def _qemu() -> None:
-    tc.find_compiler()
-    tc.check_tools(BOARD)
 
 
 def _zbb_board():
