@@ -21,7 +21,7 @@ def atomic_project(out: Path, force: bool, model: Path) -> Iterator[Path]:
     A failed build never leaves a half-written directory, and with ``force`` the old project stays in
     place until the new one is complete.
     """
-    out = Path(out)
+    out = Path(out).absolute()  # tools run with other working directories: relative paths would break
     if out.exists() and not force:
         raise EdgeqError(f"{out}: already exists; pass --force to replace it or choose another --out")
     if not Path(model).exists():

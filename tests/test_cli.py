@@ -137,6 +137,12 @@ def test_installed_wheel_ships_boards_and_runs_outside_the_repo(tmp_path, export
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                          check=True).stdout.split()
     assert out[0].startswith(str(target)) and out[1] == "xczu3eg-sbva484-1-i"
+    # the FPGA backend from the wheel, with a relative --out (the compilers run in other directories)
+    path, _, _ = exported("bnn_pynq", "tfc_1w1a", 0)
+    res = subprocess.run([sys.executable, "-m", "edgeq.cli", "build", str(path), "--board", "ultra96", "--out",
+                          "fpga", "--n-vectors", "4"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert res.returncode == 0 and "csim pass" in res.stdout, res.stderr
     # the MCU backend from the wheel: kernels, runtime and link script are package data
     if shutil.which("clang-19") and shutil.which("qemu-system-riscv32"):
         path, _, _ = exported("bnn_pynq", "tfc_2w2a", 0)
