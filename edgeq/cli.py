@@ -114,23 +114,38 @@ def boards(as_json: bool) -> None:
     Console().print(t)
 
 
+def _mst_options(fn):
+    """--mst, --mst-depth and --mst-layers, shared by `inspect` and `build` (edgeq.mst.select checks them)."""
+    fn = click.option("--mst-layers", default=None, metavar="A,B",
+                      help="MST only for these binary layers (comma-separated layer names; implies --mst).")(fn)
+    fn = click.option("--mst-depth", type=int, default=None, metavar="N",
+                      help="Depth bound of the MST forest (>= 1; implies --mst; default unbounded: the exact MST). "
+                      "Depth is latency: a child waits for its parent.")(fn)
+    return click.option("--mst", "with_mst", is_flag=True,
+                        help="MST reordering of every binary (XNOR) layer: each output channel is computed from a "
+                        "similar one, storing only the differing weights.")(fn)
+
+
+def _mst_request(with_mst: bool, mst_depth: int | None, mst_layers: str | None) -> tuple[bool, tuple[str, ...]]:
+    """(MST on?, the named layers) from the shared options; a depth bound < 1 is one error line."""
+    if mst_depth is not None and mst_depth < 1:
+        raise EdgeqError(f"--mst-depth: MST depth bound must be >= 1, got {mst_depth}")
+    names = tuple(n.strip() for n in (mst_layers or "").split(",") if n.strip())
+    return with_mst or mst_depth is not None or bool(names), names
+
+
 @cli.command()
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--mst", "with_mst", is_flag=True,
-              help="Per binary layer: MST reordering figures (depth, roots, distance, compression, ops).")
-@click.option("--mst-depth", type=int, default=None, metavar="N",
-              help="Depth bound of the MST forest (>= 1; implies --mst; default unbounded: the exact MST).")
-def inspect(model: str, as_json: bool, with_mst: bool, mst_depth: int | None) -> None:
+@_mst_options
+def inspect(model: str, as_json: bool, with_mst: bool, mst_depth: int | None, mst_layers: str | None) -> None:
     """Per-layer table: op, source node, shapes, formats, MACs and weight bits (with --mst: MST figures)."""
     from edgeq.ingest import load
 
-    with_mst = with_mst or mst_depth is not None
-    if mst_depth is not None and mst_depth < 1:
-        raise EdgeqError(f"--mst-depth: MST depth bound must be >= 1, got {mst_depth}")
+    with_mst, names = _mst_request(with_mst, mst_depth, mst_layers)
     g = load(model)
     if with_mst:
-        _inspect_mst(g, model, mst_depth, as_json)
+        _inspect_mst(g, model, mst_depth, names, as_json)
         return
     rows = g.summary()
     if as_json:
@@ -159,17 +174,13 @@ def inspect(model: str, as_json: bool, with_mst: bool, mst_depth: int | None) ->
     click.echo(f"total MACs {sum(r['macs'] for r in rows):,}, weight bits {sum(r['weight_bits'] for r in rows):,}")
 
 
-def _inspect_mst(g, model: str, max_depth: int | None, as_json: bool) -> None:
-    """`inspect --mst`: one row of MST figures per binary layer (edgeq.mst.stats)."""
+def _inspect_mst(g, model: str, max_depth: int | None, names: tuple[str, ...], as_json: bool) -> None:
+    """`inspect --mst`: one row of MST figures per binary (XNOR) layer (edgeq.mst.stats), as `build --mst` uses."""
     from edgeq import mst
 
-    layers = [lay for lay in g.layers if mst.is_binary(lay)]
-    if not layers:
-        raise EdgeqError(f"{model}: --mst found no binary layer (Dense/Conv2d with bipolar weights) to reorder")
-    rows = []
-    for lay in layers:
-        tree, _ = mst.layer_tree(lay, max_depth)
-        rows.append({"layer": lay.name, "op": lay.op, **mst.stats(tree)})
+    ops = {lay.name: lay.op for lay in g.layers}
+    rows = [{"layer": name, "op": ops[name], **mst.stats(tree)}
+            for name, (tree, _) in mst.select(g, True, max_depth, names).items()]
     if as_json:
         click.echo(json.dumps({"model": str(model), "mst": {"max_depth": max_depth, "layers": rows}}, indent=2))
         return
@@ -231,9 +242,11 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
               help="MCU: FP16 multiply-accumulate as one fused fma16 or as mul16 then add16.")
 @click.option("--simd", type=click.Choice(["auto", "off", "v2f16"]), default="auto", show_default=True,
               help="MCU: 2-lane FP16 SIMD kernels (auto: when the board has v2f16).")
+@_mst_options
 @click.pass_obj
 def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, n_vectors: int, seed: int,
-          force: bool, synth: bool, allow_over_budget: bool, trace: bool, mac: str, simd: str) -> None:
+          force: bool, synth: bool, allow_over_budget: bool, trace: bool, mac: str, simd: str, with_mst: bool,
+          mst_depth: int | None, mst_layers: str | None) -> None:
     """Build MODEL for BOARD into DIR and prove it bit-exact against the emulator.
 
     FPGA boards: an HLS project, checked by C simulation. MCU boards: FP16 C firmware, checked by the same C
@@ -243,9 +256,10 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
     from edgeq.backends.hls.build import build as run_build
     from edgeq.board import get_board
 
+    with_mst, mst_names = _mst_request(with_mst, mst_depth, mst_layers)
     cfg = BuildConfig(model=Path(model), board=board, out=Path(out_dir), vectors=Path(vectors) if vectors else None,
                       n_vectors=n_vectors, seed=seed, force=force, synth=synth, allow_over_budget=allow_over_budget,
-                      trace=trace)
+                      trace=trace, mst=with_mst, mst_depth=mst_depth, mst_layers=mst_names)
     if get_board(board).kind == "mcu":
         for flag, given in (("--synth", synth), ("--allow-over-budget", allow_over_budget)):
             if given:

@@ -338,6 +338,85 @@ def layer_tree(layer: Any, max_depth: int | None) -> tuple[MstTree, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Which layers run as XNOR-popcount, and which get MST reordering (one rule for every backend)
+# ---------------------------------------------------------------------------------------------
+
+
+def _bipolar_scale(fmt: Any) -> float | None:
+    """The one scale of a per-tensor bipolar format (Binary, or a 1-bit signed Int), else None."""
+    if isinstance(fmt, Binary) and len(fmt.scale) == 1:
+        return float(fmt.scale[0])
+    if isinstance(fmt, Int) and fmt.bipolar and len(fmt.scale) == 1 and all(z == 0 for z in fmt.zero_point):
+        return float(fmt.scale[0])
+    return None
+
+
+def xnor_refusal(graph: Any, layer: Any) -> str | None:
+    """Why ``layer`` cannot run as an XNOR-popcount kernel, or None when it can.
+
+    It can when it is a binary Dense/Conv2d (no groups, no bias) whose weights AND input are bipolar with one
+    power-of-two scale each: then every output is ``acc * s_x * s_w`` with the exact integer
+    ``acc = K - 2 * popcount(x XOR w)`` (padded conv taps excluded) and a power-of-two factor, exact on every
+    backend. Every backend asks this one function.
+    """
+    if not is_binary(layer):
+        return f"its weights are {layer.weight_format}, not bipolar ±1" if layer.op in ("Dense", "Conv2d") \
+            else f"it is a {layer.op}, not a Dense/Conv2d"
+    xfmt = graph.tensors[layer.inputs[0]].format
+    sx, sw = _bipolar_scale(xfmt), _bipolar_scale(layer.weight_format)
+    if sx is None:
+        return f"its input '{layer.inputs[0]}' is {xfmt}, not bipolar ±1 with one scale (XNOR needs ±1 activations)"
+    if sw is None:
+        return "its weights have per-channel scales (XNOR kernels need one weight scale)"
+    if layer.bias is not None:
+        return "it has a bias"
+    if layer.op == "Conv2d" and int(layer.attrs.get("group", 1)) != 1:
+        return "it is a grouped convolution"
+    if np.frexp(sx * sw)[0] != 0.5:
+        return f"its scale product {sx * sw!r} is not a power of two"
+    return None
+
+
+def xnor_layers(graph: Any) -> list[Any]:
+    """The layers of ``graph`` that run as XNOR-popcount kernels (:func:`xnor_refusal` is None)."""
+    return [lay for lay in graph.layers if lay.op in ("Dense", "Conv2d") and xnor_refusal(graph, lay) is None]
+
+
+def select(graph: Any, enabled: bool, max_depth: int | None = None,
+           layers: Any = None) -> dict[str, tuple[MstTree, np.ndarray]]:
+    """The MST trees of a build: ``{layer name: (tree with D attached, channel bits)}``.
+
+    ``enabled`` turns MST on for every XNOR layer; ``layers`` (names) restricts it to those, each of which must
+    exist and be an XNOR layer. Errors are one EdgeqError line each: a depth bound < 1, an unknown layer, a
+    named layer that is not binary (saying why), or MST requested on a model without any binary layer.
+    """
+    if max_depth is not None and int(max_depth) < 1:
+        raise EdgeqError(f"--mst-depth: MST depth bound must be >= 1, got {max_depth}")
+    if not enabled and not layers:
+        return {}
+    chosen = xnor_layers(graph)
+    if layers:
+        by_name = {lay.name: lay for lay in graph.layers}
+        picked = []
+        for name in layers:
+            lay = by_name.get(name)
+            if lay is None:
+                names = ", ".join(x.name for x in chosen) or "none"
+                raise EdgeqError(f"--mst-layers: no layer '{name}' in the model (binary layers: {names})")
+            why = xnor_refusal(graph, lay)
+            if why is not None:
+                raise EdgeqError(f"--mst-layers: layer '{name}' ({', '.join(lay.source)}) is not a binary layer: "
+                                 f"{why}; MST reordering needs ±1 weights and ±1 activations")
+            picked.append(lay)
+        chosen = picked
+    if not chosen:
+        src = graph.source_path or graph.name
+        raise EdgeqError(f"{src}: --mst found no binary layer (Dense/Conv2d with ±1 weights and ±1 inputs) to "
+                         "reorder; drop --mst, or quantize weights and activations with BipolarQuant")
+    return {lay.name: layer_tree(lay, max_depth) for lay in chosen}
+
+
+# ---------------------------------------------------------------------------------------------
 # Figures and the reference forward
 # ---------------------------------------------------------------------------------------------
 

@@ -50,6 +50,10 @@ class BuildConfig:
     synth: bool = False
     allow_over_budget: bool = False
     trace: bool = False
+    #: MST reordering of binary layers (edgeq.mst.select): on for every XNOR layer, or only the named ones
+    mst: bool = False
+    mst_depth: int | None = None
+    mst_layers: tuple[str, ...] = ()
     jobs: int = max(1, min(2, os.cpu_count() or 1))
 
 
