@@ -350,7 +350,8 @@ def _mac_output(graph: Graph, layer: Layer, acc: np.ndarray, out_lsb: np.ndarray
 
 
 def _lsbs(graph: Graph, layer: Layer):
-    x_lsb, _ = grid_of(graph.tensors[layer.inputs[0]].format)
+    # an MCU program's XNOR layer reads a float16 tensor holding its input grid's values
+    x_lsb, _ = grid_of(layer.attrs.get("input_grid") or graph.tensors[layer.inputs[0]].format)
     w_lsb, _ = grid_of(layer.weight_format)
     return np.asarray(x_lsb, dtype=np.float64), np.broadcast_to(np.asarray(w_lsb, dtype=np.float64), layer.weight.shape)
 

@@ -142,6 +142,12 @@ def _make_tree(parent: np.ndarray, dist: np.ndarray, K: int) -> MstTree:
     return MstTree(parent=parent, depth=depth, order=order, K=int(K), dist=edge.astype(np.int64))
 
 
+def tree_from_parent(parent: np.ndarray, bits: np.ndarray) -> MstTree:
+    """The tree with this parent array over these channel bits, D attached (e.g. a tree saved in a program)."""
+    bits = np.asarray(bits, dtype=bool)
+    return attach_weights(_make_tree(np.asarray(parent, dtype=np.int64), hamming(bits), bits.shape[1]), bits)
+
+
 def attach_weights(tree: MstTree, bits: np.ndarray) -> MstTree:
     """Fill ``tree.diff_pos``/``diff_sign`` (D and the parent's signs there) from the channel bits."""
     bits = np.asarray(bits, dtype=bool)
@@ -414,6 +420,19 @@ def select(graph: Any, enabled: bool, max_depth: int | None = None,
         raise EdgeqError(f"{src}: --mst found no binary layer (Dense/Conv2d with ±1 weights and ±1 inputs) to "
                          "reorder; drop --mst, or quantize weights and activations with BipolarQuant")
     return {lay.name: layer_tree(lay, max_depth) for lay in chosen}
+
+
+def build_report(graph: Any, trees: dict[str, tuple[MstTree, np.ndarray]], max_depth: int | None) -> dict[str, Any]:
+    """The ``mst`` section of a build report: every XNOR layer with its kernel ("xnor" or "mst") and, for MST
+    layers, :func:`stats` (depth, distance vs K·(Cout−1), compression, ops vs plain XNOR)."""
+    rows = []
+    for lay in xnor_layers(graph):
+        row: dict[str, Any] = {"layer": lay.name, "op": lay.op, "onnx": list(lay.source),
+                               "kernel": "mst" if lay.name in trees else "xnor"}
+        if lay.name in trees:
+            row.update(stats(trees[lay.name][0]))
+        rows.append(row)
+    return {"enabled": bool(trees), "max_depth": max_depth, "layers": rows}
 
 
 # ---------------------------------------------------------------------------------------------

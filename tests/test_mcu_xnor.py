@@ -91,12 +91,20 @@ def _cases() -> list[dict]:
         ow = (hw[1] + pads[1] + pads[3] - kk[1]) // s[1] + 1
         p = xnor.conv_params((cin, *hw), (cout, oh, ow), {"strides": list(s), "pads": list(pads)},
                              (cout, cin, *kk))
-        cases.append({"kind": "conv", "name": f"conv {p}", "p": p,
-                      "w": rng.choice([-1, 1], (cout, cin, *kk)), "x": rng.choice([-1, 1], (cin, *hw))})
-    for c in cases:
-        if c["kind"] != "conv":
+        w = rng.choice([-1, 1], (cout, cin, *kk))
+        if cout > 4:  # correlated channels: non-trivial MST trees
+            w = np.where(_correlated(rng, cout, cin * kk[0] * kk[1], 0.1), 1, -1).reshape(w.shape)
+        x = rng.choice([-1, 1], (cin, *hw))
+        cases.append({"kind": "conv", "name": f"conv {p}", "p": p, "w": w, "x": x})
+        for depth in (1, None):
+            cases.append({"kind": "mstconv", "name": f"mst conv depth={depth} {p}", "p": p, "w": w, "x": x,
+                          "bits": np.asarray(w > 0).reshape(cout, -1), "depth": depth})
+    for i, c in enumerate(cases):
+        c["eb"] = (1, 2, 4)[i % 3]  # int8, float16 and float32 activations: the kernels read the sign bit
+        c["scale"] = (1.0, 0.25, 2.0)[i % 3 if c["eb"] != 1 else 0]
+        if "x" not in c:
             c["x"] = rng.choice([-1, 1], c["bits"].shape[1])
-        if c["kind"] == "mst":
+        if c["kind"] in ("mst", "mstconv"):
             b = c["bits"]
             c["tree"] = mst.attach_weights(mst.build_tree(mst.hamming(b), c["depth"], K=b.shape[1]), b)
     return cases
@@ -108,12 +116,23 @@ def _all_cases() -> tuple:
 
 
 def _want(c: dict) -> np.ndarray:
-    if c["kind"] == "conv":
+    """The exact integer outputs (before the scale)."""
+    if c["kind"] in ("conv", "mstconv"):
         return xnor.conv_reference(c["x"], c["w"], c["p"]).reshape(-1)
     pm1 = np.where(c["bits"], 1, -1)
     if c["kind"] == "mst":
         return mst.mst_forward(c["tree"], c["bits"], c["x"])
     return xnor.xnor_reference(c["x"], pm1)
+
+
+def _activation(c: dict) -> tuple[str, np.ndarray]:
+    """(C type, stored elements) of the ±1 input as the firmware holds it: int8, float16 or float32 bits."""
+    x = np.asarray(c["x"]).reshape(-1)
+    if c["eb"] == 1:
+        return "int8_t", x.astype(np.int8)
+    if c["eb"] == 2:
+        return "uint16_t", (x * 0.5).astype(np.float16).view(np.uint16)  # ±0.5: only the sign is read
+    return "uint32_t", (x * 3.0).astype(np.float32).view(np.uint32)
 
 
 # ---- the firmware --------------------------------------------------------------------------------------------
@@ -127,48 +146,50 @@ def _arr(name: str, ctype: str, v: np.ndarray) -> str:
 def _program(cases: tuple) -> str:
     decl, body = [], []
     for i, c in enumerate(cases):
-        if c["kind"] == "conv":
+        eb, sc = c["eb"], repr(float(c["scale"])) + "f"
+        decl.append(_arr(f"X{i}", *_activation(c)))
+        if c["kind"] in ("conv", "mstconv"):
             p = c["p"]
             n_out = p["cout"] * p["oh"] * p["ow"]
-            decl.append(_arr(f"X{i}", "int8_t", c["x"]))
-            decl.append(_arr(f"W{i}", "uint32_t", xnor.pack_conv_bits(c["w"])))
-            decl.append(f"static uint32_t S{i}[{xnor.conv_scratch_words(p)}];\n")
+            decl.append(f"static uint32_t S{i}[{xnor.conv_scratch_words(p, c['kind'] == 'mstconv')}];\n")
             fields = ", ".join(str(p[key]) for key in xnor.BCONV_KEYS)
             decl.append(f"static const edgeq_bconv_t P{i} = {{{fields}}};\n")
-            call = f"edgeq_xnor_conv2d(&P{i}, X{i}, W{i}, Y{i}, S{i});"
+            if c["kind"] == "conv":
+                decl.append(_arr(f"W{i}", "uint32_t", xnor.pack_conv_bits(c["w"])))
+                call = f"edgeq_xnor_conv2d(&P{i}, X{i}, {eb}, W{i}, {sc}, Y{i}, S{i});"
+            else:
+                decl.append(_mst_struct(i, c))
+                call = f"edgeq_mst_conv2d(&P{i}, &M{i}, X{i}, {eb}, {sc}, Y{i}, S{i});"
         else:
             k, n_out = c["bits"].shape[1], c["bits"].shape[0]
-            decl.append(_arr(f"X{i}", "uint32_t", xnor.pack_bits(c["x"])))
+            decl.append(f"static uint32_t S{i}[{xnor.dense_scratch_words(k, c['kind'] == 'mst')}];\n")
             if c["kind"] == "dense":
                 decl.append(_arr(f"W{i}", "uint32_t", xnor.pack_bits(c["bits"])))
-                call = f"edgeq_xnor_dense({k}, {n_out}, X{i}, W{i}, Y{i});"
+                call = (f"edgeq_pack_signs(X{i}, {k}, {eb}, S{i}); "
+                        f"edgeq_xnor_dense({k}, {n_out}, S{i}, W{i}, {sc}, Y{i});")
             else:
-                m = xnor.pack_mst(c["tree"], c["bits"])
-                for key, ctype in [("order", "uint16_t"), ("parent", "uint16_t"), ("count", "uint16_t"),
-                                   ("root_bits", "uint32_t"), ("pos", "uint16_t"), ("sign_bits", "uint32_t")]:
-                    decl.append(_arr(f"M{i}_{key}", ctype, m[key]))
-                decl.append(f"static const edgeq_mst_t M{i} = {{{k}, {n_out}, M{i}_order, M{i}_parent, M{i}_count, "
-                            f"M{i}_root_bits, M{i}_pos, M{i}_sign_bits}};\n")
-                call = f"edgeq_mst_dense(&M{i}, X{i}, Y{i});"
-        decl.append(f"static int32_t Y{i}[{n_out + GUARD}];\n")
+                decl.append(_mst_struct(i, c))
+                call = f"edgeq_mst_dense(&M{i}, X{i}, {eb}, {sc}, Y{i}, S{i});"
+        decl.append(f"static float Y{i}[{n_out + GUARD}];\n")
         decl.append(f"static __attribute__((noinline)) void run{i}(void) {{ {call} }}\n")
-        body.append(f"    prep(Y{i}, {n_out});\n    t0 = edgeq_instret();\n    run{i}();\n"
-                    f"    t1 = edgeq_instret();\n    emit({i}, Y{i}, {n_out}, (uint32_t)(t1 - t0));\n")
+        body.append(f"    prep((uint32_t *)Y{i}, {n_out});\n    t0 = edgeq_instret();\n    run{i}();\n"
+                    f"    t1 = edgeq_instret();\n"
+                    f"    emit({i}, (const uint32_t *)Y{i}, {n_out}, (uint32_t)(t1 - t0));\n")
     return f"""#include <stdint.h>
 #include "edgeq_io.h"
 #include "edgeq_xnor.h"
 
-static void prep(int32_t *y, int n) {{
-    for (int i = 0; i < n + {GUARD}; i++) y[i] = i < n ? (int32_t)0x7eadbeef : (int32_t){CANARY};
+static void prep(uint32_t *y, int n) {{
+    for (int i = 0; i < n + {GUARD}; i++) y[i] = i < n ? 0x7eadbeefu : (uint32_t){CANARY};
 }}
-static void emit(int id, const int32_t *y, int n, uint32_t instret) {{
+static void emit(int id, const uint32_t *y, int n, uint32_t instret) {{
     int ok = 1;
-    for (int i = 0; i < {GUARD}; i++) ok &= y[n + i] == (int32_t){CANARY};
+    for (int i = 0; i < {GUARD}; i++) ok &= y[n + i] == (uint32_t){CANARY};
     edgeq_puts("C ");
     edgeq_put_hex((uint32_t)id, 4);
     edgeq_puts(ok ? " 1 " : " 0 ");
     edgeq_put_hex(instret, 8);
-    for (int i = 0; i < n; i++) {{ edgeq_puts(" "); edgeq_put_hex((uint32_t)y[i], 8); }}
+    for (int i = 0; i < n; i++) {{ edgeq_puts(" "); edgeq_put_hex(y[i], 8); }}
     edgeq_puts("\\n");
 }}
 {"".join(decl)}
@@ -177,6 +198,16 @@ int main(void) {{
 {"".join(body)}    return 0;
 }}
 """
+
+
+def _mst_struct(i: int, c: dict) -> str:
+    m = xnor.pack_mst(c["tree"], c["bits"])
+    out = "".join(_arr(f"M{i}_{key}", ctype, m[key]) for key, ctype in [
+        ("order", "uint16_t"), ("parent", "uint16_t"), ("count", "uint16_t"), ("root_bits", "uint32_t"),
+        ("pos", "uint16_t")])
+    k, n = c["bits"].shape[1], c["bits"].shape[0]
+    return out + (f"static const edgeq_mst_t M{i} = {{{k}, {n}, M{i}_order, M{i}_parent, M{i}_count, "
+                  f"M{i}_root_bits, M{i}_pos}};\n")
 
 
 @functools.cache
@@ -200,7 +231,7 @@ def _run(target: str) -> tuple[list[np.ndarray], list[int]]:
     assert [int(ln[1], 16) for ln in lines] == list(range(len(cases))), text[-500:]
     bad = [cases[i]["name"] for i, ln in enumerate(lines) if ln[2] != "1"]
     assert not bad, f"output guard overwritten in {bad}"
-    outs = [np.array([int(t, 16) for t in ln[4:]], dtype=np.uint32).view(np.int32) for ln in lines]
+    outs = [np.array([int(t, 16) for t in ln[4:]], dtype=np.uint32).view(np.float32) for ln in lines]
     return outs, [int(ln[3], 16) for ln in lines]
 
 
@@ -208,9 +239,21 @@ def _check(target: str) -> None:
     outs, _ = _run(target)
     for c, got in zip(_all_cases(), outs):
         want = _want(c)
-        assert np.array_equal(got.astype(np.int64), want), f"{target}: {c['name']}: got {got[:8]}, want {want[:8]}"
+        scaled = (want * c["scale"]).astype(np.float32)  # exact: |acc| < 2**24 times a power of two
+        assert np.array_equal(got.view(np.uint32), scaled.view(np.uint32)), \
+            f"{target}: {c['name']}: got {got[:8]}, want {scaled[:8]}"
         if c["kind"] == "mst":  # and MST == plain XNOR
             assert np.array_equal(want, xnor.xnor_reference(c["x"], np.where(c["bits"], 1, -1)))
+        if c["kind"] == "mstconv":
+            assert np.array_equal(want.reshape(len(c["bits"]), -1)[:, :1].ravel(), _conv_mst_first_pixel(c))
+
+
+def _conv_mst_first_pixel(c: dict) -> np.ndarray:
+    """mst_forward on the (zero-padded) patch of output pixel (0, 0): the MST rule holds with padded taps = 0."""
+    p = c["p"]
+    x = np.pad(np.asarray(c["x"]), ((0, 0), (p["pt"], p["pb"]), (p["pl"], p["pr"])))
+    patch = x[:, :p["dh"] * (p["kh"] - 1) + 1:p["dh"], :p["dw"] * (p["kw"] - 1) + 1:p["dw"]].reshape(-1)
+    return mst.mst_forward(c["tree"], c["bits"], patch)
 
 
 # ---- the tests -----------------------------------------------------------------------------------------------
@@ -273,13 +316,15 @@ def test_pack_mst_layout_matches_the_tree():
     tree = mst.attach_weights(mst.build_tree(mst.hamming(bits), 2, K=45), bits)
     m = xnor.pack_mst(tree, bits)
     assert m["order"].tolist() == tree.order.tolist()
+    assert "sign_bits" not in m and len(m["pos"]) == int(tree.dist.sum())  # D only, signs by list
     roots = [c for c in tree.order if tree.parent[c] < 0]
     assert np.array_equal(xnor.unpack_bits(m["root_bits"], 45), np.where(bits[roots], 1, -1))
     t = 0
-    signs = xnor.unpack_bits(m["sign_bits"], len(m["pos"])) if len(m["pos"]) else np.zeros(0)
     for s, c in enumerate(tree.order):
-        n = int(m["count"][s])
+        plus, minus = int(m["count"][2 * s]), int(m["count"][2 * s + 1])
         assert m["parent"][s] == (xnor.MST_ROOT if tree.parent[c] < 0 else tree.parent[c])
-        assert m["pos"][t:t + n].tolist() == tree.diff_pos[c].tolist()
-        assert (signs[t:t + n] > 0).tolist() == tree.diff_sign[c].tolist()
-        t += n
+        d, sign = tree.diff_pos[c], tree.diff_sign[c]
+        assert m["pos"][t:t + plus].tolist() == d[sign].tolist()
+        assert m["pos"][t + plus:t + plus + minus].tolist() == d[~sign].tolist()
+        assert all(bits[tree.parent[c], i] for i in d[sign]) and not any(bits[tree.parent[c], i] for i in d[~sign])
+        t += plus + minus

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq import __version__
+from edgeq import __version__, mst
 from edgeq.backends.common import atomic_project, load_vectors
 from edgeq.board import Board, get_board
 from edgeq.emulate import emulate
@@ -211,7 +211,10 @@ def step_load(ctx: McuContext) -> None:
 
 
 def step_lower(ctx: McuContext) -> None:
-    low = lower_fp16(ctx.graph, ctx.opts)
+    cfg = ctx.cfg
+    trees = mst.select(ctx.graph, cfg.mst, cfg.mst_depth, cfg.mst_layers)
+    ctx.report["mst"] = mst.build_report(ctx.graph, trees, cfg.mst_depth)
+    low = lower_fp16(ctx.graph, ctx.opts, trees)
     ctx.program, ctx.conversions = low.graph, low.conversions
     ctx.report["fp16_overflow_risk"] = low.overflow_risk
     save_graph(ctx.program, ctx.tmp / "program.npz")

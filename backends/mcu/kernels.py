@@ -35,8 +35,8 @@ from edgeq.errors import EdgeqError
 CONV_KEYS = ("cin", "ih", "iw", "cout", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr",
              "group")
 #: the kernel sources, relative to the ``common`` firmware folder
-C_SOURCES = ("edgeq_nn.c",)
-C_HEADERS = ("edgeq_nn.h",)
+C_SOURCES = ("edgeq_nn.c", "edgeq_xnor.c")
+C_HEADERS = ("edgeq_nn.h", "edgeq_xnor.h")
 
 
 def firmware_common() -> Traversable:
@@ -45,7 +45,7 @@ def firmware_common() -> Traversable:
 
 
 def c_sources() -> list[Traversable]:
-    """The C files to compile with a generated model: ``[.../common/edgeq_nn.c]``."""
+    """The C files to compile with a generated model: the FP16 and the binary kernels."""
     return [firmware_common() / name for name in C_SOURCES]
 
 

@@ -16,6 +16,10 @@ runs that contract bit for bit, and the C renderer emits it. The rules:
 * **A MAC layer fed by a float32 tensor** gets an explicit ``Cast`` to float16 (RNE) in front of it.
 * Relu, MaxPool, Reshape and Transpose keep their input's type; Add is FP16 when both inputs are
   float16, else FP32.
+* **Binary layers** (±1 weights and ±1 inputs, :func:`edgeq.mst.xnor_refusal`) are not FP16: they run as exact
+  integer XNOR-popcount kernels (``firmware/common/edgeq_xnor.c``) reading the input's sign bits, and write
+  ``acc * s_x * s_w`` as float32, exact. Their contract is the source graph's (exact integers); with MST
+  reordering (``trees``) the layer keeps the tree's parent array in ``attrs["mst_parent"]``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq import mst
 from edgeq.errors import EdgeqError
 from edgeq.formats import Binary, FixedPoint, Float16, Float32, Int, NumFormat
 from edgeq.ir import Contract, Graph, Layer, Tensor
@@ -118,8 +123,11 @@ def _to_f16(values: np.ndarray, layer: str, what: str, notes: list[Conversion]) 
     return h
 
 
-def lower_fp16(graph: Graph, opts: McuOptions | None = None) -> McuLowering:
-    """The MCU program of ``graph`` (see the module doc). Raises EdgeqError for what the MCU cannot run."""
+def lower_fp16(graph: Graph, opts: McuOptions | None = None, trees: dict[str, Any] | None = None) -> McuLowering:
+    """The MCU program of ``graph`` (see the module doc). Raises EdgeqError for what the MCU cannot run.
+
+    ``trees`` ({layer: (MstTree, bits)}, :func:`edgeq.mst.select`) turns MST reordering on for those layers."""
+    trees = trees or {}
     opts = opts or McuOptions()
     if opts.lanes not in (1, 2):
         raise EdgeqError(f"SIMD lanes must be 1 or 2, got {opts.lanes}")
@@ -152,7 +160,17 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None) -> McuLowering:
             if key.startswith("_"):
                 del lay.__dict__[key]
         op = lay.op
-        if op in ("Conv2d", "Dense"):
+        if op in ("Conv2d", "Dense") and mst.xnor_refusal(graph, src) is None:
+            lay.attrs["xnor"] = True
+            lay.attrs["input_grid"] = orig[lay.inputs[0]].format
+            kernel = "XNOR-popcount"
+            if src.name in trees:
+                lay.attrs["mst_parent"] = np.asarray(trees[src.name][0].parent, dtype=np.int64)
+                kernel = "MST-reordered XNOR-popcount (children from their parent over D)"
+            lay.contract = Contract(accumulator=src.contract.accumulator, rounding=f"none: exact integers ({kernel})",
+                                    order="any: exact", engine=src.contract.engine)
+            add(lay, orig[lay.output].format)
+        elif op in ("Conv2d", "Dense"):
             x = lay.inputs[0]
             if not isinstance(fmt_of(x), Float16):
                 if x not in casts:

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from edgeq import mst
 from edgeq.emulate import batchnorm_coeffs, pool_counts
 from edgeq.errors import EdgeqError
 from edgeq.formats import OVERFLOW_MODES, ROUNDING_MODES, Binary, FixedPoint, Float16, Int
 from edgeq.ir import Graph, Layer
 
-from . import kernels
+from . import kernels, xnor
 from .plan import ELEMENTWISE, MemoryPlan, elem_bytes
 
 
@@ -54,7 +55,12 @@ def scratch_elems(graph: Graph, lanes: int) -> dict[str, int]:
     """float16 scratch elements each MAC layer's kernel needs."""
     out = {}
     for lay in graph.layers:
-        if lay.op == "Conv2d":
+        if lay.attrs.get("xnor"):  # binary kernels: uint32 words, i.e. two float16 elements each
+            with_mst = "mst_parent" in lay.attrs
+            words = xnor.conv_scratch_words(xnor_conv_params(graph, lay), with_mst) if lay.op == "Conv2d" else \
+                xnor.dense_scratch_words(lay.weight.shape[0], with_mst)
+            out[lay.name] = 2 * words
+        elif lay.op == "Conv2d":
             p = conv_params(graph, lay)
             out[lay.name] = kernels.conv_scratch_elems(p, lanes)
         elif lay.op == "Dense":
@@ -66,6 +72,11 @@ def scratch_elems(graph: Graph, lanes: int) -> dict[str, int]:
 def conv_params(graph: Graph, lay: Layer) -> dict[str, int]:
     return kernels.conv_params(graph.tensors[lay.inputs[0]].shape, graph.tensors[lay.output].shape, lay.attrs,
                                tuple(lay.weight.shape))
+
+
+def xnor_conv_params(graph: Graph, lay: Layer) -> dict[str, int]:
+    return xnor.conv_params(graph.tensors[lay.inputs[0]].shape, graph.tensors[lay.output].shape, lay.attrs,
+                            tuple(lay.weight.shape))
 
 
 class Renderer:
@@ -92,13 +103,17 @@ class Renderer:
 
     def blob_f16(self, lay: Layer, what: str, values: np.ndarray) -> str:
         """float16 values appended to weights.bin; returns a C pointer expression."""
+        return self.blob_array(lay, np.asarray(values, dtype=np.float16), "edgeq_f16")
+
+    def blob_array(self, lay: Layer, values: np.ndarray, ctype: str) -> str:
+        """An array appended to weights.bin (8-byte aligned, little-endian); returns a C pointer expression."""
         while len(self.blob) % 8:
             self.blob += b"\0"
         off = len(self.blob)
-        data = np.ascontiguousarray(values, dtype=np.float16).tobytes()
+        data = np.ascontiguousarray(values).tobytes()
         self.blob += data
         self.wbytes[lay.name] = self.wbytes.get(lay.name, 0) + len(data)
-        return f"((const edgeq_f16 *)(edgeq_weights + {off}))"
+        return f"((const {ctype} *)(edgeq_weights + {off}))"
 
     def per_channel(self, lay: Layer, name: str, values: np.ndarray, shape: tuple[int, ...]):
         """A constant broadcast to one sample: ('scalar', literal), ('channel', table) or ('full', table)."""
@@ -306,7 +321,46 @@ class Renderer:
         return (f"{{ const {_ctype(x.format)} *X = {xp}; {_ctype(y.format)} *Y = {yp}; int o = 0;\n"
                 f"    {loops}Y[o++] = X[{' + '.join(idx)}]; }}")
 
+    def _scratch(self, lay: Layer, ctype: str) -> str:
+        key = lay.name + ":scratch"
+        return f"(({ctype} *)(edgeq_arena + {self.plan.buffers[key].offset}))" if key in self.plan.buffers else "0"
+
+    def xnor(self, lay: Layer) -> str:
+        """A binary layer: XNOR-popcount (or MST) over the input's sign bits, float32 outputs acc * scale."""
+        x = self.g.tensors[lay.inputs[0]]
+        eb = elem_bytes(x.format)
+        sx, sw = (float(np.float32(mst._bipolar_scale(f))) for f in (lay.attrs["input_grid"], lay.weight_format))
+        scale = f32(np.float32(sx * sw))  # a power of two (edgeq.mst.xnor_refusal)
+        bits = mst.channel_bits(lay)
+        xp, yp, scratch = self.ptr(lay.inputs[0], True), f"((float *)(edgeq_arena + {self.plan.offset(lay.output)}))", \
+            self._scratch(lay, "uint32_t")
+        head = ""
+        if "mst_parent" in lay.attrs:
+            m = xnor.pack_mst(mst.tree_from_parent(lay.attrs["mst_parent"], bits), bits)
+            ptrs = {key: self.blob_array(lay, m[key], ctype) for key, ctype in (
+                ("order", "uint16_t"), ("parent", "uint16_t"), ("count", "uint16_t"), ("root_bits", "uint32_t"),
+                ("pos", "uint16_t"))}
+            head = (f"const edgeq_mst_t m = {{{int(m['k'])}, {int(m['n'])}, {ptrs['order']}, {ptrs['parent']}, "
+                    f"{ptrs['count']},\n        {ptrs['root_bits']}, {ptrs['pos']}}};\n    ")
+        if lay.op == "Dense":
+            k, n = lay.weight.shape
+            if head:
+                return f"{{ {head}edgeq_mst_dense(&m, {xp}, {eb}, {scale}, {yp}, {scratch}); }}"
+            w = self.blob_array(lay, xnor.pack_bits(bits), "uint32_t")
+            return (f"edgeq_pack_signs({xp}, {k}, {eb}, {scratch});\n    "
+                    f"edgeq_xnor_dense({k}, {n}, {scratch}, {w}, {scale}, {yp});")
+        p = xnor_conv_params(self.g, lay)
+        fields = ", ".join(f".{key} = {int(p[key])}" for key in xnor.BCONV_KEYS)
+        if head:
+            return (f"{{ static const edgeq_bconv_t P = {{{fields}}};\n    {head}"
+                    f"edgeq_mst_conv2d(&P, &m, {xp}, {eb}, {scale}, {yp}, {scratch}); }}")
+        w = self.blob_array(lay, xnor.pack_bits(bits), "uint32_t")
+        return (f"{{ static const edgeq_bconv_t P = {{{fields}}};\n    "
+                f"edgeq_xnor_conv2d(&P, {xp}, {eb}, {w}, {scale}, {yp}, {scratch}); }}")
+
     def r_conv2d(self, i: int, lay: Layer) -> str:
+        if lay.attrs.get("xnor"):
+            return self.xnor(lay)
         p = conv_params(self.g, lay)
         w = self.blob_f16(lay, "weights", kernels.pack_conv(lay.weight.astype(np.float16), p, self.lanes))
         b = self.blob_f16(lay, "bias", lay.bias) if lay.bias is not None else "0"
@@ -317,6 +371,8 @@ class Renderer:
                 f"{self.ptr(lay.inputs[0], True)}, {w}, {b}, {self.ptr(lay.output)}, {scratch}); }}")
 
     def r_dense(self, i: int, lay: Layer) -> str:
+        if lay.attrs.get("xnor"):
+            return self.xnor(lay)
         k, n = lay.weight.shape
         w = self.blob_f16(lay, "weights", kernels.pack_dense(lay.weight.astype(np.float16), self.lanes))
         b = self.blob_f16(lay, "bias", lay.bias) if lay.bias is not None else "0"
@@ -343,6 +399,7 @@ class Renderer:
 #include <stdint.h>
 #include "edgeq_nn.h"
 #include "edgeq_ops.h"
+#include "edgeq_xnor.h"
 #include "model.h"
 
 #ifdef EDGEQ_DEBUG

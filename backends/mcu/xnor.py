@@ -12,10 +12,11 @@ order), i.e. the rows of :func:`edgeq.mst.channel_bits`, each row ``words`` uint
 MST layout (:func:`pack_mst`, the C struct ``edgeq_mst_t``), steps s = 0..n-1 in ``tree.order`` (parents first):
 
 * ``order`` uint16 (n): the channel of step s; ``parent`` uint16 (n): its parent or 0xFFFF for a root;
-  ``count`` uint16 (n): |D| (0 for a root);
+* ``count`` uint16 (2n): per step |D+| and |D-|, the differing positions where the PARENT's sign is +1 and -1
+  (0, 0 for a root);
 * ``root_bits`` uint32 (roots, words): the roots' packed weights in step order;
-* ``pos`` uint16 (Σ|D|): every child's D, steps in order, ascending within a step;
-* ``sign_bits`` uint32 (ceil(Σ|D|/32)): the parent's sign at ``pos[t]`` is bit ``t % 32`` of word ``t // 32``.
+* ``pos`` uint16 (Σ|D|): every child's D+ then D-, steps in order, ascending within each list. The list a
+  position is in is the parent's sign there, so D and the signs are stored and nothing else.
 """
 
 from __future__ import annotations
@@ -27,17 +28,14 @@ import numpy as np
 from edgeq.errors import EdgeqError
 from edgeq.mst import MstTree, attach_weights
 
-#: the kernel sources, relative to the ``common`` firmware folder
-C_SOURCES = ("edgeq_xnor.c",)
-C_HEADERS = ("edgeq_xnor.h",)
 MST_ROOT = 0xFFFF
 
 
 def c_sources() -> list[Any]:
-    """The C files of the binary kernels: ``[.../common/edgeq_xnor.c]``."""
+    """The C file of the binary kernels: ``[.../common/edgeq_xnor.c]`` (also in kernels.c_sources())."""
     from edgeq.backends.mcu.kernels import firmware_common
 
-    return [firmware_common() / name for name in C_SOURCES]
+    return [firmware_common() / "edgeq_xnor.c"]
 
 
 def words(k: int) -> int:
@@ -116,23 +114,22 @@ def pack_mst(tree: MstTree, bits: np.ndarray) -> dict[str, np.ndarray]:
     order = np.asarray(tree.order, dtype=np.int64)
     parent = tree.parent[order]
     roots = order[parent < 0]
-    count = np.array([len(tree.diff_pos[c]) for c in order], dtype=np.int64)
-    pos = [np.asarray(tree.diff_pos[c], dtype=np.int64) for c in order]
-    sign = [np.asarray(tree.diff_sign[c], dtype=bool) for c in order]
-    pos_all = np.concatenate(pos) if pos else np.zeros(0, np.int64)
-    sign_all = np.concatenate(sign) if sign else np.zeros(0, bool)
-    for c, d in zip(order, pos):
+    count = np.zeros((n, 2), dtype=np.int64)
+    pos: list[np.ndarray] = []
+    for s, c in enumerate(order):
+        d = np.asarray(tree.diff_pos[c], dtype=np.int64)
+        sign = np.asarray(tree.diff_sign[c], dtype=bool)
         if len(d) > 1 and np.any(np.diff(d) <= 0):
             raise EdgeqError(f"channel {c}: D positions must be strictly ascending")
-    sign_bits = pack_bits(sign_all) if sign_all.size else np.zeros(0, np.uint32)
+        count[s] = (int(sign.sum()), int((~sign).sum()))
+        pos += [d[sign], d[~sign]]
     return {
         "k": np.int64(k), "n": np.int64(n),
         "order": order.astype(np.uint16),
         "parent": np.where(parent < 0, MST_ROOT, parent).astype(np.uint16),
-        "count": count.astype(np.uint16),
+        "count": count.reshape(-1).astype(np.uint16),
         "root_bits": pack_bits(bits[roots]) if len(roots) else np.zeros((0, words(k)), np.uint32),
-        "pos": pos_all.astype(np.uint16),
-        "sign_bits": sign_bits.astype(np.uint32),
+        "pos": (np.concatenate(pos) if pos else np.zeros(0, np.int64)).astype(np.uint16),
     }
 
 
@@ -162,9 +159,16 @@ def conv_params(in_shape: tuple[int, ...], out_shape: tuple[int, ...], attrs: di
 BCONV_KEYS = ("cin", "ih", "iw", "cout", "oh", "ow", "kh", "kw", "sh", "sw", "dh", "dw", "pt", "pl", "pb", "pr")
 
 
-def conv_scratch_words(p: dict[str, int]) -> int:
-    """uint32 words of scratch for ``edgeq_xnor_conv2d``: the patch and its valid mask."""
-    return 2 * words(p["cin"] * p["kh"] * p["kw"])
+def conv_scratch_words(p: dict[str, int], with_mst: bool = False) -> int:
+    """uint32 words of scratch for ``edgeq_xnor_conv2d`` (the patch and its valid mask) or, ``with_mst``,
+    ``edgeq_mst_conv2d`` (also the int8 patch): EDGEQ_XNOR_CONV_SCRATCH / EDGEQ_MST_CONV_SCRATCH."""
+    k = p["cin"] * p["kh"] * p["kw"]
+    return 2 * words(k) + (-(-k // 4) if with_mst else 0)
+
+
+def dense_scratch_words(k: int, with_mst: bool = False) -> int:
+    """uint32 words of scratch for a binary dense layer: x's packed bits (and its int8 copy for MST)."""
+    return words(k) + (-(-k // 4) if with_mst else 0)
 
 
 def conv_reference(x_pm1: np.ndarray, w_pm1: np.ndarray, p: dict[str, int]) -> np.ndarray:
