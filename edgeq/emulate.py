@@ -603,7 +603,18 @@ def _fp16_conv_chunk(layer: Layer, x: np.ndarray) -> np.ndarray:
     return out.astype(_F32)
 
 
+def _threshold(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    """A folded "glue -> bipolar quantizer" of an MCU program: high where direction * x >= threshold, else low,
+    per channel (axis 0 of a sample); x holds exact integers times a power of two, so the compare is exact."""
+    a = layer.attrs
+    view = (-1,) + (1,) * (x.ndim - 2)
+    d = np.asarray(a["direction"], dtype=_F32).reshape(view)
+    t = np.asarray(a["threshold"], dtype=_F32).reshape(view)
+    return np.where(x.astype(_F32) * d >= t, _F32(a["high"]), _F32(a["low"]))
+
+
 _OPS = {
+    "Threshold": _threshold,
     "Quantize": _quantize,
     "Cast": _cast,
     "Trunc": _trunc,

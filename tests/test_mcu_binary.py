@@ -56,6 +56,10 @@ def test_w1a1_bnn_pynq_is_bit_exact_with_and_without_mst(exported, tmp_path, nam
         assert kernels == {b: ("xnor" if tag == "plain" else "mst") for b in binary}
         contracts = {lay["name"]: lay["contract"]["rounding"] for lay in rep["layers"]}
         assert all("XNOR-popcount" in contracts[b] for b in binary)
+        # BatchNorm -> bipolar quantizer after a binary layer became integer thresholds (one per hidden layer)
+        ops = [lay["op"] for lay in rep["layers"]]
+        assert ops.count("Threshold") == len(binary) - 1
+        assert ops.count("BatchNorm") == (1 if name == "cnv_1w1a" else 0)  # CNV's first conv is not binary
         if tag == "mst2":
             assert all(r["depth"] <= 2 for r in rep["mst"]["layers"])
         per_layer = {r["layer"]: r["instret"] for r in counters["layers"]}

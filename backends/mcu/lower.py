@@ -224,7 +224,83 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None, trees: dict[str, An
             raise EdgeqError(f"layer '{lay.name}': op {op} is not supported by the MCU backend")
 
     mcu = Graph(f"{graph.name}", list(graph.inputs), list(graph.outputs), tensors, layers, graph.source_path)
+    fold_thresholds(mcu)
     return McuLowering(mcu, notes, overflow)
+
+
+_THRESHOLD_GLUE = {"BatchNorm", "FloatOp", "Clip", "Relu"}
+
+
+def fold_thresholds(program: Graph) -> None:
+    """Replace each "XNOR layer -> float glue -> bipolar quantizer" chain by one integer Threshold layer.
+
+    The XNOR output is an integer acc in [-K, K] times a power of two, so the chain's float32 function (the
+    Larq "output transform") is evaluated by the emulator itself on every acc value, per channel; when the
+    sign it gives is monotone in acc the chain becomes ``high if direction * x >= threshold else low``, exact on
+    every input. Chains with per-element constants or a non-monotone sign stay as they are (float32 glue).
+    """
+    from edgeq.emulate import run_chain
+
+    consumers: dict[str, int] = {}
+    for lay in program.layers:
+        for t in lay.inputs:
+            consumers[t] = consumers.get(t, 0) + 1
+
+    def sole(t: str) -> bool:
+        return consumers.get(t, 0) == 1 and t not in program.outputs
+
+    i = 0
+    while i < len(program.layers):
+        lay = program.layers[i]
+        i += 1
+        if not lay.attrs.get("xnor"):
+            continue
+        chain, t = [], lay.output
+        for nxt in program.layers[i:]:
+            if nxt.inputs != [t] or not sole(t) or nxt.op not in _THRESHOLD_GLUE | {"Quantize"}:
+                break
+            chain.append(nxt)
+            t = nxt.output
+            if nxt.op == "Quantize":
+                break
+        if not chain or chain[-1].op != "Quantize":
+            continue
+        grid = chain[-1].attrs["grid"]
+        if not isinstance(grid, Binary) or len(grid.scale) != 1:
+            continue
+        shape = tuple(program.tensors[lay.output].shape)
+        k = int(np.prod(lay.weight.shape[1:])) if lay.op == "Conv2d" else int(lay.weight.shape[0])
+        scale = float(np.float32(mst._bipolar_scale(lay.attrs["input_grid"]) * mst._bipolar_scale(lay.weight_format)))
+        acc = np.arange(-k, k + 1, dtype=np.int64)
+        xv = (acc.astype(np.float64) * scale).astype(np.float32).reshape((-1, 1) + (1,) * (len(shape) - 1))
+        xv = np.broadcast_to(xv, (len(acc), shape[0]) + (1,) * (len(shape) - 1))
+        try:
+            y = run_chain(program, chain, np.ascontiguousarray(xv))
+        except ValueError:  # per-element constants: not per channel
+            continue
+        if y.shape != xv.shape:
+            continue
+        pos = y.reshape(len(acc), shape[0]) > 0
+        step = np.diff(pos.astype(np.int8), axis=0)
+        inc, dec = np.all(step >= 0, axis=0), np.all(step <= 0, axis=0)
+        if not np.all(inc | dec):
+            continue
+        first_true = np.where(pos.any(axis=0), acc[np.argmax(pos, axis=0)], k + 1)  # inc: acc >= T
+        last_true = np.where(pos.any(axis=0), acc[len(acc) - 1 - np.argmax(pos[::-1], axis=0)], -k - 1)  # dec
+        direction = np.where(inc, 1, -1)
+        thr = np.where(inc, first_true, -last_true).astype(np.float64) * scale
+        q = chain[-1]
+        folded = Layer(name=q.name, op="Threshold", inputs=[lay.output], output=q.output,
+                       source=[s for c in chain for s in c.source], attrs={
+                           "threshold": thr.astype(np.float32), "direction": direction.astype(np.int64),
+                           "high": float(grid.scale[0]), "low": -float(grid.scale[0]),
+                           "folded": [c.name for c in chain]},
+                       contract=Contract(rounding="none: integer thresholds, derived from the float32 glue on every "
+                                         "accumulator value", engine="exact"))
+        start = program.layers.index(chain[0])
+        program.layers[start:start + len(chain)] = [folded]
+        for c in chain[:-1]:
+            del program.tensors[c.output]
 
 
 def _worst_sum(x_fmt: NumFormat, w: np.ndarray) -> float | None:

@@ -358,6 +358,19 @@ class Renderer:
         return (f"{{ static const edgeq_bconv_t P = {{{fields}}};\n    "
                 f"edgeq_xnor_conv2d(&P, {xp}, {eb}, {w}, {scale}, {yp}, {scratch}); }}")
 
+    def r_threshold(self, i: int, lay: Layer) -> str:
+        """A folded glue -> bipolar quantizer after an XNOR layer: one compare per element (lower.fold_thresholds)."""
+        x, y, xp, yp = self.io(lay)
+        a = lay.attrs
+        view = (-1,) + (1,) * (len(y.shape) - 1)
+        params = [(f"L{i}t", *self.per_channel(lay, f"L{i}_thr", np.asarray(a["threshold"]).reshape(view), y.shape)),
+                  (f"L{i}d", *self.per_channel(lay, f"L{i}_dir", np.asarray(a["direction"], np.float32).reshape(view),
+                                               y.shape))]
+        yt = _ctype(y.format)
+        body = f"Y[i] = X[i] * L{i}d >= L{i}t ? ({yt}){f32(a['high'])} : ({yt}){f32(a['low'])};"
+        return (f"{{ const {_ctype(x.format)} *X = {xp}; {_ctype(y.format)} *Y = {yp};\n    "
+                + self.loop(y.shape, body, params) + " }")
+
     def r_conv2d(self, i: int, lay: Layer) -> str:
         if lay.attrs.get("xnor"):
             return self.xnor(lay)
