@@ -422,7 +422,8 @@ def select(graph: Any, enabled: bool, max_depth: int | None = None,
     return {lay.name: layer_tree(lay, max_depth) for lay in chosen}
 
 
-def build_report(graph: Any, trees: dict[str, tuple[MstTree, np.ndarray]], max_depth: int | None) -> dict[str, Any]:
+def build_report(graph: Any, trees: dict[str, tuple[MstTree, np.ndarray]], max_depth: int | None,
+                 requested: Any = ()) -> dict[str, Any]:
     """The ``mst`` section of a build report: every XNOR layer with its kernel ("xnor" or "mst") and, for MST
     layers, :func:`stats` (depth, distance vs K·(Cout−1), compression, ops vs plain XNOR)."""
     rows = []
@@ -432,7 +433,7 @@ def build_report(graph: Any, trees: dict[str, tuple[MstTree, np.ndarray]], max_d
         if lay.name in trees:
             row.update(stats(trees[lay.name][0]))
         rows.append(row)
-    return {"enabled": bool(trees), "max_depth": max_depth, "layers": rows}
+    return {"enabled": bool(trees), "max_depth": max_depth, "requested_layers": list(requested), "layers": rows}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,21 @@ fabric. The lowering can make this model a contract by emitting ``BIND_OP`` with
 **Accumulators**: ``acc_bits`` LUT (adder) + ``acc_bits`` FF (register) per lane. This holds also when the product
 sits in a DSP. We do not assume the add folds into the DSP's post-adder; where it does, the estimate is high.
 
+**Binary layers** (XnorDense/XnorConv2d, MstDense/MstConv2d; see :func:`binary_cost`): no DSP. Each output pixel
+pass of a layer touches ``xnor_bits`` weight bits: ``Cout*K`` for plain XNOR-popcount, ``roots*K + sum|D|`` for
+MST (a root is a full row, a child only its differing positions D). The kernels step through the output channels
+(MST: the tree steps) one per clock, so the XNOR+popcount datapath is sized for the mean bits per step,
+``ceil(xnor_bits / Cout)`` bit lanes: ``XNOR_LUT_PER_BIT`` LUT each (the XNOR with a weight bit merges into the
+first 6-input compressor of the popcount tree, and the tree of n bits takes about n LUTs) and ``XNOR_FF_PER_BIT`` FF
+(pipeline registers between tree levels), plus one ``acc_bits`` accumulator (MST: also the parent-acc buffer).
+MST's saving therefore shows as fewer lanes at the same channel-per-clock schedule. The MST gather of x at the
+stored positions D (a K:1 multiplexer per lane) is not counted, so MST estimates are low by that much. Memories:
+packed weight rows (``Cout`` rows, or the ``roots`` rows for MST; a single row is a constant folded into the XNORs)
+as 64-bit words split into one bank per word, MST positions (``ceil(log2 K)`` bits each), parent signs (1 bit
+each, packed) and parent accumulators, and the input buffer (one bank per kernel tap). Note that MST stores
+``sum|D| * (ceil(log2 K) + 1)`` bits for its children: on weights without structure (random, |D| ~ K/2) that is more
+than the ``Cout*K`` bits of the plain rows, and the BRAM estimate says so.
+
 **Other layers**, per lane (see ``_LANE_COST``):
 
 * Threshold: one comparator of ``acc_bits`` (or ``in_bits``) LUTs, plus ``out_bits`` FF.
@@ -117,7 +132,15 @@ LAYER_CONTROL = {"lut": 60, "ff": 80}
 TOP_OVERHEAD = {"dsp": 0, "lut": 2000, "ff": 2500, "bram36": 2.0}
 
 MAC_OPS = ("Conv2d", "Dense")
-OPS = MAC_OPS + ("Threshold", "Cast", "MaxPool", "SumPool", "Relu", "Add", "Reshape")
+BINARY_OPS = ("XnorDense", "XnorConv2d", "MstDense", "MstConv2d")
+OPS = MAC_OPS + BINARY_OPS + ("Threshold", "Cast", "MaxPool", "SumPool", "Relu", "Add", "Reshape")
+
+#: LUTs per XNOR+popcount input bit (the XNOR folds into the popcount tree's first compressor level)
+XNOR_LUT_PER_BIT = 1.0
+#: FFs per XNOR+popcount input bit (pipeline registers between adder-tree levels)
+XNOR_FF_PER_BIT = 0.5
+#: bits of one packed word of the binary kernels
+XNOR_WORD_BITS = 64
 
 
 # ---------------------------------------------------------------------------------------------- products
@@ -249,6 +272,8 @@ def estimate_layer(layer: dict, *, dsp_slice: str = "DSP48E2") -> dict[str, Any]
     if op == "Reshape":
         notes.append("re-indexes its input buffer: no hardware")
         return out
+    if op in BINARY_OPS:
+        return binary_cost(layer, out)
 
     if op in MAC_OPS:
         weights = _int(layer, "weights")
@@ -288,6 +313,61 @@ def estimate_layer(layer: dict, *, dsp_slice: str = "DSP48E2") -> dict[str, Any]
     if buf["kind"] != "none":
         notes.append((f"{buffers} x " if buffers > 1 else "") + _memory_note("input buffer", buf, in_bits))
 
+    out["lut"] += LAYER_CONTROL["lut"]
+    out["ff"] += LAYER_CONTROL["ff"]
+    return out
+
+
+def binary_cost(layer: dict, out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Resources of an XNOR / MST layer (rules in the module docstring).
+
+    ``layer`` needs ``channels`` (Cout), ``k``, ``xnor_bits`` (bits per output pixel pass: Cout*K, or
+    roots*K + sum|D| for MST), ``acc_bits``, ``in_bits``, ``in_elements``, ``pixels`` (output pixels per channel,
+    1 for Dense) and ``parallel`` (input-buffer banks); MST layers also ``roots`` and ``diff`` (sum|D|).
+    """
+    out = out if out is not None else {"dsp": 0, "lut": 0, "ff": 0, "bram36": 0.0, "notes": []}
+    name, op = layer.get("name", "?"), layer.get("op")
+    notes = out["notes"]
+    cout, k, bits = (_int(layer, key) for key in ("channels", "k", "xnor_bits"))
+    acc_bits, in_bits = _int(layer, "acc_bits"), _int(layer, "in_bits")
+    if cout == 0 or k == 0 or bits == 0:
+        raise EdgeqError(f"cost estimate: {op} layer '{name}' has channels={cout}, k={k}, xnor_bits={bits}")
+    lanes = math.ceil(bits / cout)
+    words = math.ceil(k / XNOR_WORD_BITS)
+    out["lut"] += math.ceil(lanes * XNOR_LUT_PER_BIT) + acc_bits
+    out["ff"] += math.ceil(lanes * XNOR_FF_PER_BIT) + acc_bits
+    notes.append(f"XNOR+popcount: {bits:,} weight bits per output pixel pass over {cout} channel steps -> "
+                 f"{lanes} bit lanes ({cout * k:,} bits plain); one {acc_bits}-bit accumulator")
+    mst = op.startswith("Mst")
+    rows = _int(layer, "roots") if mst else cout
+    what = "root rows" if mst else "weight rows"
+    if rows == 1:  # a single row is read at one constant address: synthesis folds it into the XNOR logic
+        notes.append(f"{what}: 1 x {k} bit, constant (folded into the XNORs)")
+    else:
+        rom = memory_cost(rows * words, XNOR_WORD_BITS, words)
+        out["lut"] += rom["lut"]
+        out["bram36"] += rom["bram36"]
+        notes.append(_memory_note(what, rom, XNOR_WORD_BITS))
+    if mst:
+        diff = _int(layer, "diff")
+        pos_bits = max(1, math.ceil(math.log2(k))) if k > 1 else 1
+        for what, m, width in (("D positions", memory_cost(diff, pos_bits), pos_bits),
+                               ("parent signs", memory_cost(math.ceil(diff / XNOR_WORD_BITS), XNOR_WORD_BITS),
+                                XNOR_WORD_BITS),
+                               ("parent accs", memory_cost(cout, acc_bits), acc_bits)):
+            out["lut"] += m["lut"]
+            out["bram36"] += m["bram36"]
+            if m["kind"] != "none":
+                notes.append(_memory_note(what, m, width))
+        out["lut"] += acc_bits  # the child's correction adder
+        out["ff"] += acc_bits
+    pixels = max(1, _int(layer, "pixels", 1))
+    notes.append(f"~{pixels * (cout + math.ceil(k / max(1, _int(layer, 'parallel', 1)))):,} cycles/sample")
+    buf = memory_cost(_int(layer, "in_elements"), in_bits, max(1, _int(layer, "parallel", 1)))
+    out["lut"] += BUFFER_COPIES * buf["lut"]
+    out["bram36"] += BUFFER_COPIES * buf["bram36"]
+    if buf["kind"] != "none":
+        notes.append(_memory_note("input buffer", buf, in_bits))
     out["lut"] += LAYER_CONTROL["lut"]
     out["ff"] += LAYER_CONTROL["ff"]
     return out

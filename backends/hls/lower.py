@@ -15,6 +15,17 @@ binary-searched when the domain is huge), so the thresholds reproduce it exactly
 directly follows an exact accumulator with an ap_fixed-equivalent format becomes an ap_fixed
 **cast**. Non-power-of-two scales on accelerator tensors cannot be exact in fixed point and are
 refused, naming the node.
+
+**Binary layers.** Every Dense/Conv2d that :func:`edgeq.mst.xnor_refusal` accepts (±1 weights and ±1 input, one
+power-of-two scale each, no bias, no groups) becomes an XNOR-popcount layer (``XnorDense``/``XnorConv2d``), or,
+when the build's MST selection (:func:`edgeq.mst.select`) names it, an MST-reordered one (``MstDense``/
+``MstConv2d``). Their integer accumulator is ``acc = sum x_i w_i`` over ±1 values, computed as
+``n_valid - 2 * popcount((x XOR w) & valid)``; the output code is ``acc * 2^shift`` where
+``2^shift = s_x * s_w / output lsb`` is derived from the formats (a factor that is not a power of two >= 1 is
+refused). Bit layout (:func:`pack_words`): element i of a ±1 vector is bit ``i % 64`` of uint64 word ``i // 64``,
+1 = +1, pad bits 0. Weights are packed per output channel, the rows of :func:`edgeq.mst.channel_bits`.
+MST layers keep only the roots' packed rows, and for every child its positions D and the parent's signs there;
+see ``hls_templates/edgeq_xnor.h`` for the tables.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq import mst
 from edgeq.emulate import run_chain
 from edgeq.errors import EdgeqError
 from edgeq.formats import FixedPoint, Float32, Int
@@ -63,7 +75,7 @@ class HwLayer:
     """One accelerator layer. ``params`` holds integer arrays (weights, bias, thresholds)."""
 
     name: str
-    op: str  # Conv2d, Dense, Threshold, Cast, MaxPool, SumPool, Relu, Add
+    op: str  # Conv2d, Dense, XnorDense, XnorConv2d, MstDense, MstConv2d, Threshold, Cast, MaxPool, SumPool, Relu, Add
     inputs: list[str]
     output: str
     source: list[str]
@@ -116,6 +128,58 @@ def _codes(values: np.ndarray, lsb: np.ndarray) -> np.ndarray:
     return r.astype(np.int64)
 
 
+#: bits per packed word of the binary kernels (edgeq_word_t in hls_templates/edgeq_xnor.h)
+WORD_BITS = 64
+#: the HwLayer ops of binary layers, by (IR op, MST)
+XNOR_OPS = {("Dense", False): "XnorDense", ("Conv2d", False): "XnorConv2d",
+            ("Dense", True): "MstDense", ("Conv2d", True): "MstConv2d"}
+BINARY_OPS = tuple(XNOR_OPS.values())
+
+
+def words(k: int) -> int:
+    """64-bit words per packed row of K bits."""
+    return -(-int(k) // WORD_BITS)
+
+
+def pack_words(bits: np.ndarray) -> np.ndarray:
+    """bool (..., K) (True = +1) -> uint64 (..., ceil(K/64)): element i is bit i % 64 of word i // 64, pad bits 0."""
+    b = np.asarray(bits, dtype=bool)
+    k = b.shape[-1]
+    n = words(k)
+    padded = np.zeros(b.shape[:-1] + (n * WORD_BITS,), dtype=np.uint8)
+    padded[..., :k] = b
+    by = np.packbits(padded.reshape(b.shape[:-1] + (n * 8, 8)), axis=-1, bitorder="little")[..., 0]
+    return np.ascontiguousarray(by).view("<u8").astype(np.uint64).reshape(b.shape[:-1] + (n,))
+
+
+def mst_tables(tree: mst.MstTree, bits: np.ndarray) -> dict[str, np.ndarray]:
+    """The MST tables of one layer (steps in ``tree.order``, parents first; layout in edgeq_xnor.h).
+
+    ``order`` (the channel of each step), ``parent`` (-1 for a root), ``dstart`` (N+1 offsets into ``dpos``),
+    ``dpos`` (each child's D, ascending), ``dsign`` (the parent's signs at ``dpos``, packed like the weights) and
+    ``root_bits`` (the roots' packed rows in step order). The full weights are not among them.
+    """
+    bits = np.asarray(bits, dtype=bool)
+    if tree.diff_pos is None or tree.diff_sign is None:
+        mst.attach_weights(tree, bits)
+    order = np.asarray(tree.order, dtype=np.int64)
+    parent = tree.parent[order]
+    pos = [np.asarray(tree.diff_pos[c], dtype=np.int64) for c in order]
+    sign = [np.asarray(tree.diff_sign[c], dtype=bool) for c in order]
+    for c, d in zip(order, pos):
+        if len(d) > 1 and np.any(np.diff(d) <= 0):
+            raise AssertionError(f"channel {c}: D positions must be strictly ascending")
+    dpos = np.concatenate(pos) if pos else np.zeros(0, np.int64)
+    dsign = np.concatenate(sign) if sign else np.zeros(0, bool)
+    return {
+        "order": order, "parent": parent.astype(np.int64),
+        "dstart": np.concatenate([[0], np.cumsum([len(d) for d in pos])]).astype(np.int64),
+        "dpos": dpos.astype(np.int64),
+        "dsign": pack_words(dsign) if dsign.size else np.zeros(0, np.uint64),
+        "root_bits": pack_words(bits[order[parent < 0]]),
+    }
+
+
 def split(graph: Graph) -> tuple[list[Layer], list[Layer], list[Layer]]:
     """(prefix, body, tail) layer lists; see the module docstring."""
     layers = graph.layers
@@ -145,9 +209,10 @@ def _subgraph(graph: Graph, layers: list[Layer], inp: str, name: str) -> Graph:
 
 
 class _Lowerer:
-    def __init__(self, graph: Graph, parallel: int):
+    def __init__(self, graph: Graph, parallel: int, trees: dict | None = None):
         self.g = graph
         self.parallel = max(1, int(parallel))
+        self.trees = dict(trees or {})
         self.tensors: dict[str, HwTensor] = {}
         self.layers: list[HwLayer] = []
         self.ir_tensor: dict[str, str] = {}
@@ -222,6 +287,9 @@ class _Lowerer:
         return lay.inputs[0] in self.tensors and not isinstance(self.g.tensors[lay.output].format, Float32)
 
     def mac(self, lay: Layer) -> None:
+        if mst.xnor_refusal(self.g, lay) is None:
+            self.xnor(lay)
+            return
         x = self.hw(lay.inputs[0])
         out_fmt = self.g.tensors[lay.output].format
         if not isinstance(out_fmt, FixedPoint):
@@ -251,6 +319,42 @@ class _Lowerer:
         attrs = dict(lay.attrs)
         attrs.update(w_bits=w_bits, macs=lay.macs)
         self.add(lay.op, [x.name], out, [lay], attrs=attrs, params=params)
+
+    def xnor(self, lay: Layer) -> None:
+        """A binary layer as XNOR-popcount, or MST-reordered when the build selected it (module docstring)."""
+        x = self.hw(lay.inputs[0])
+        out_fmt = self.g.tensors[lay.output].format
+        if not isinstance(out_fmt, FixedPoint):
+            raise EdgeqError(f"{_node(lay)}: binary layer result is {out_fmt}, not fixed point")
+        s_x = float(self.g.tensors[lay.inputs[0]].format.scale[0])
+        s_w = float(lay.weight_format.scale[0])
+        factor = s_x * s_w / float(out_fmt.eps)
+        mant, exp = np.frexp(factor)
+        if mant != 0.5 or exp < 1:
+            raise EdgeqError(f"{_node(lay)}: the XNOR accumulator's scale {s_x * s_w!r} is not the output lsb "
+                             f"{out_fmt.eps!r} times a power of two >= 1; it cannot be exact")
+        shift = int(exp) - 1
+        bits = mst.channel_bits(lay)  # (Cout, K), True = +1
+        cout, k = bits.shape
+        if (k << shift) > out_fmt.code_max:
+            raise AssertionError(f"{lay.name}: {out_fmt} cannot hold an accumulator of K = {k} (shift {shift})")
+        use_mst = lay.name in self.trees
+        attrs: dict[str, Any] = dict(lay.attrs)
+        attrs.update(k=k, words=words(k), shift=shift, channels=cout, macs=lay.macs, w_bits=1,
+                     xnor_kernel="mst" if use_mst else "xnor")
+        if lay.op == "Conv2d":
+            attrs.update(kernel_shape=list(lay.weight.shape[2:]))
+        if use_mst:
+            tree, tbits = self.trees[lay.name]
+            if tree.K != k or not np.array_equal(np.asarray(tbits, dtype=bool), bits):
+                raise AssertionError(f"{lay.name}: the MST tree was built for other weights")
+            params = mst_tables(tree, bits)
+            attrs.update(roots=int((tree.parent < 0).sum()), diff=int(tree.dist.sum()),
+                         depth=int(tree.depth.max()), mst_stats=mst.stats(tree))
+        else:
+            params = {"weight_bits": pack_words(bits)}
+        out = self.new_tensor(lay.output, out_fmt)
+        self.add(XNOR_OPS[(lay.op, use_mst)], [x.name], out, [lay], attrs=attrs, params=params)
 
     def add_layer(self, lay: Layer) -> None:
         a, b = (self.hw(t) for t in lay.inputs)
@@ -373,17 +477,26 @@ class _Lowerer:
                  params={"thresholds": thr, "sign": sign.astype(np.int64)})
 
 
-def lower(graph: Graph, parallel: int = 8) -> HwDesign:
-    """Lower ``graph`` for the FPGA. Raises EdgeqError naming the node for anything not exact."""
+def lower(graph: Graph, parallel: int = 8, trees: dict | None = None) -> HwDesign:
+    """Lower ``graph`` for the FPGA. Raises EdgeqError naming the node for anything not exact.
+
+    ``trees`` is :func:`edgeq.mst.select`'s ``{layer name: (tree, channel bits)}``: those binary layers become
+    MST layers, every other binary layer plain XNOR-popcount.
+    """
     prefix, body, tail = split(graph)
     inq = prefix[-1]
     in_fix = exact_fixed(graph.tensors[inq.output].format)
     if in_fix is None:
         raise EdgeqError(f"{_node(inq)}: input quantizer format {graph.tensors[inq.output].format} is not exact in "
                          "fixed point; use a FixedPoint input quantizer (e.g. Int8ActPerTensorFixedPoint)")
-    low = _Lowerer(graph, parallel)
+    low = _Lowerer(graph, parallel, trees)
     low.new_tensor(inq.output, in_fix)
     low.run(body, inq.output)
+    lowered = {lay.name for lay in low.layers if lay.op.startswith("Mst")}
+    missing = sorted(set(low.trees) - lowered)
+    if missing:
+        raise EdgeqError(f"MST was requested for layer(s) {', '.join(missing)}, which are not binary layers on the "
+                         "accelerator")
     last = body[-1].output
     out_t = low.hw(last)
     glue = HostGlue(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.backends.hls.lower import HwDesign, HwLayer, HwTensor, container
+from edgeq.backends.hls.lower import BINARY_OPS, HwDesign, HwLayer, HwTensor, container
 from edgeq.formats import FixedPoint
 
 TOP = "edgeq_top"
@@ -71,6 +71,14 @@ def _array(ctype: str, name: str, a: np.ndarray) -> str:
     return f"static const {ctype} {name}[{flat.size}] = {{\n" + "\n".join(lines).rstrip(",") + "\n};\n"
 
 
+def _word_array(name: str, a: np.ndarray) -> str:
+    """A uint64 (edgeq_word_t) array definition in hex, 4 words a line; an empty array gets one 0 word."""
+    flat = np.asarray(a, dtype=np.uint64).ravel()
+    vals = [f"0x{int(v):016x}ULL" for v in flat] or ["0x0000000000000000ULL"]
+    lines = [", ".join(vals[i : i + 4]) for i in range(0, len(vals), 4)]
+    return f"static const edgeq_word_t {name}[{len(vals)}] = {{\n" + ",\n".join(lines) + "\n};\n"
+
+
 class Renderer:
     def __init__(self, design: HwDesign, n_vectors: int = 64):
         self.d = design
@@ -100,24 +108,26 @@ class Renderer:
         (hls / "weights").mkdir(parents=True, exist_ok=True)
         (hls / "tb").mkdir(parents=True, exist_ok=True)
         templates = resources.files("edgeq.hls_templates")
-        for f in ("edgeq_kernels.h", "edgeq_cast.h"):
+        for f in ("edgeq_kernels.h", "edgeq_cast.h", "edgeq_xnor.h"):
             (hls / f).write_text(templates.joinpath(f).read_text())
         shutil.copytree(ap_types_dir(), hls / "ap_types", dirs_exist_ok=True)
         (hls / "edgeq_types.h").write_text(self.types_h())
         (hls / "edgeq_layers.h").write_text(self.layers_h())
-        sources = []
+        sources, weight_headers = [], []
         for lay in self.d.layers:
             name = self.lname[lay.name]
             weights = self.weights_h(lay)
             if weights:
                 (hls / "weights" / f"{name}.h").write_text(weights)
+                weight_headers.append(f"hls/weights/{name}.h")
             (hls / "layers" / f"{name}.cpp").write_text(self.layer_cpp(lay, bool(weights)))
             sources.append(f"hls/layers/{name}.cpp")
         (hls / f"{TOP}.h").write_text(self.top_h())
         (hls / f"{TOP}.cpp").write_text(self.top_cpp())
         (hls / "tb" / "tb_edgeq.cpp").write_text(self.tb_cpp())
         sources.insert(0, f"hls/{TOP}.cpp")
-        headers = ["hls/edgeq_types.h", "hls/edgeq_layers.h", f"hls/{TOP}.h", "hls/edgeq_kernels.h", "hls/edgeq_cast.h"]
+        headers = ["hls/edgeq_types.h", "hls/edgeq_layers.h", f"hls/{TOP}.h", "hls/edgeq_kernels.h", "hls/edgeq_cast.h",
+                   "hls/edgeq_xnor.h", *weight_headers]
         return {"sources": sources, "headers": headers, "testbench": "hls/tb/tb_edgeq.cpp",
                 "include_dirs": ["hls", "hls/ap_types", "hls/weights"]}
 
@@ -144,8 +154,13 @@ class Renderer:
     def weights_h(self, lay: HwLayer) -> str:
         name = self.lname[lay.name]
         parts = []
+        binary = lay.op in BINARY_OPS
         for key, a in lay.params.items():
-            if key == "sign":
+            if np.asarray(a).dtype == np.uint64:
+                parts.append(_word_array(f"{name}_{key}", a))
+            elif binary:
+                parts.append(_array(self.table_type(lay, key), f"{name}_{key}", a if len(a) else np.zeros(1, int)))
+            elif key == "sign":
                 parts.append(_array("int8_t", f"{name}_sign", a))
             elif key == "thresholds":
                 parts.append(_array(_thr_type(a, self.t(lay.inputs[0]).format.width), f"{name}_thresholds", a))
@@ -155,8 +170,28 @@ class Renderer:
             return ""
         guard = name.upper() + "_H"
         src = ", ".join(lay.source)
-        return f"// Parameters of {name} (ONNX: {src}), integer codes.\n#ifndef {guard}\n#define {guard}\n" \
-               "#include <stdint.h>\n" + "".join(parts) + "#endif\n"
+        head = f"// Parameters of {name} (ONNX: {src}), integer codes.\n"
+        inc = "#include <stdint.h>\n"
+        if binary:
+            head = (f"// Parameters of {name} (ONNX: {src}): {self.binary_doc(lay)}\n"
+                    "// Packed words: element i of a row is bit i % 64 of word i / 64, 1 = +1 (see edgeq_xnor.h).\n")
+            inc += '#include "edgeq_xnor.h"\n'
+        return head + f"#ifndef {guard}\n#define {guard}\n" + inc + "".join(parts) + "#endif\n"
+
+    @staticmethod
+    def binary_doc(lay: HwLayer) -> str:
+        a = lay.attrs
+        if lay.op.startswith("Mst"):
+            return (f"MST-reordered XNOR, {a['channels']} channels of K = {a['k']}: {a['roots']} root(s) stored in "
+                    f"full, children as D positions and parent signs (sum |D| = {a['diff']}, depth {a['depth']})")
+        return f"XNOR-popcount, {a['channels']} channels of K = {a['k']} bits, {a['words']} words each"
+
+    @staticmethod
+    def table_type(lay: HwLayer, key: str) -> str:
+        """The C type of an MST index table: order and parent (-1 for a root) share one, from the channel count."""
+        if key in ("order", "parent"):
+            return _int_ctype_for(-1, int(lay.attrs["channels"]))
+        return _int_ctype_for(0, int(lay.params[key].max(initial=0)))
 
     def _acc_type(self, lay: HwLayer) -> str:
         fmt = self.t(lay.output).format
@@ -191,6 +226,9 @@ class Renderer:
             p = max(1, min(k, 8))
             body = (f"    edgeq_dense<{xt}, {wt}, {bt}, {self._acc_type(lay)}, {yt}, {k}, {n}, {p}, "
                     f"{str(has_b).lower()}>(x0, {name}_weight, {bias}, y);")
+        elif lay.op in BINARY_OPS:
+            inc.append('#include "edgeq_xnor.h"')
+            body = self.binary_body(lay, name, xt, yt)
         elif lay.op == "Threshold":
             thr = lay.params["thresholds"]
             c = thr.shape[0]
@@ -232,6 +270,30 @@ class Renderer:
                 f"// in  {x.name}: {x.format} {list(x.shape)}",
                 f"// out {y.name}: {y.format} {list(y.shape)}"]
         return "\n".join(head + inc + ["", self.signature(lay) + " {", body, "}", ""])
+
+    def binary_body(self, lay: HwLayer, name: str, xt: str, yt: str) -> str:
+        """The call of an XNOR / MST kernel of edgeq_xnor.h."""
+        a = lay.attrs
+        x, y = self.t(lay.inputs[0]), self.t(lay.output)
+        k, nw, shift = a["k"], a["words"], a["shift"]
+        if lay.op.endswith("Conv2d"):
+            cin, h, w = x.shape
+            cout, oh, ow = y.shape
+            kh, kw = a["kernel_shape"]
+            (sh, sw), (dh, dw), (pt, pl, _, _) = a["strides"], a["dilations"], a["pads"]
+            geom = f"{cin}, {h}, {w}, {cout}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {oh}, {ow}"
+        if lay.op == "XnorDense":
+            return f"    edgeq_xnor_dense<{xt}, {yt}, {k}, {y.elements}, {nw}, {shift}>(x0, {name}_weight_bits, y);"
+        if lay.op == "XnorConv2d":
+            return f"    edgeq_xnor_conv2d<{xt}, {yt}, {geom}, {nw}, {shift}>(x0, {name}_weight_bits, y);"
+        p = lay.params
+        types = ", ".join(self.table_type(lay, key) for key in ("order", "dstart", "dpos"))
+        nd, roots = max(1, len(p["dpos"])), len(p["root_bits"])
+        sizes = f"{nw}, {roots}, {nd}, {max(1, len(p['dsign']))}, {shift}"
+        tables = ", ".join(f"{name}_{key}" for key in ("order", "parent", "dstart", "dpos", "dsign", "root_bits"))
+        if lay.op == "MstDense":
+            return f"    edgeq_mst_dense<{xt}, {yt}, {types}, {k}, {y.elements}, {sizes}>(x0, {tables}, y);"
+        return f"    edgeq_mst_conv2d<{xt}, {yt}, {types}, {geom}, {sizes}>(x0, {tables}, y);"
 
     def top_h(self) -> str:
         i, o = self.t(self.d.input), self.t(self.d.output)

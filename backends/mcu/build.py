@@ -213,7 +213,7 @@ def step_load(ctx: McuContext) -> None:
 def step_lower(ctx: McuContext) -> None:
     cfg = ctx.cfg
     trees = mst.select(ctx.graph, cfg.mst, cfg.mst_depth, cfg.mst_layers)
-    ctx.report["mst"] = mst.build_report(ctx.graph, trees, cfg.mst_depth)
+    ctx.report["mst"] = mst.build_report(ctx.graph, trees, cfg.mst_depth, cfg.mst_layers)
     low = lower_fp16(ctx.graph, ctx.opts, trees)
     ctx.program, ctx.conversions = low.graph, low.conversions
     ctx.report["fp16_overflow_risk"] = low.overflow_risk
