@@ -58,9 +58,14 @@ def _as_outputs(arr: np.ndarray, path: Path, shape: tuple[int, ...], note: str) 
     raise EdgeqError(f"{path}: has shape {_shape_str(arr.shape)}, expected {_shape_str(shape)}{note}")
 
 
-def _same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float64).view(np.uint64) == \
+def same_bits(a: np.ndarray, b: np.ndarray, signed_zero: bool = True) -> np.ndarray:
+    """Element-wise: the float64 values are the same bit pattern (so NaN payloads and signed zeros count).
+
+    ``signed_zero=False`` for fixed-point hardware outputs: an integer code 0 has no sign, so +0.0 and -0.0 (which
+    the float32 model may produce, e.g. a quantizer rounding -0.01) are the same output there."""
+    same = np.ascontiguousarray(a, dtype=np.float64).view(np.uint64) == \
         np.ascontiguousarray(b, dtype=np.float64).view(np.uint64)
+    return same if signed_zero else same | ((np.asarray(a) == 0) & (np.asarray(b) == 0))
 
 
 def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -134,10 +139,11 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
     expected_agrees: bool | None = None
     if exp_path.is_file():
         exp = load_npy(exp_path, "the build's expected outputs")
-        expected_agrees = bool(exp.dtype == np.float64 and exp.shape == shape and np.all(_same_bits(exp, want)))
+        expected_agrees = bool(exp.dtype == np.float64 and exp.shape == shape and
+                               np.all(same_bits(exp, want, signed_zero=mcu is not None)))
 
     g2, w2 = got.reshape(n, -1), want.reshape(n, -1)
-    bad = ~_same_bits(g2, w2)
+    bad = ~same_bits(g2, w2, signed_zero=mcu is not None)  # FPGA outputs are integer codes: zero has no sign
     diff = np.where(bad, _abs_diff(g2, w2), 0.0)
     mism = int(bad.sum())
     per_output = []

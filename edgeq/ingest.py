@@ -388,7 +388,7 @@ class _Lowering:
                      contract=Contract(rounding=f"once: {getattr(fmt, 'rounding', 'sign')}",
                                        order="elementwise", engine="format.quantize (float32, as QONNX)"))
             return
-        if not dyn and node.input[0] in self.qconst and op in ("Transpose", "Identity"):
+        if not dyn and node.input[0] in self.qconst and op in ("Transpose", "Identity", "Reshape", "Unsqueeze"):
             self.move_qconst(node)
             return
         if not dyn:
@@ -455,6 +455,21 @@ class _Lowering:
     def move_qconst(self, node) -> None:
         """Data movement on a quantized constant (e.g. FloatQuant -> Transpose -> MatMul weights)."""
         v, fmt = self.qconst[node.input[0]]
+        if node.op_type in ("Reshape", "Unsqueeze"):  # e.g. a quantized BatchNorm weight viewed as (1, C, 1, 1)
+            out_shape = self.mw.get_tensor_shape(node.output[0])
+            if out_shape is None:
+                raise EdgeqError(f"node '{node.name}' ({node.op_type}): output shape of a quantized constant unknown")
+            shape = getattr(fmt, "param_shape", ())
+            new_v = np.reshape(v, tuple(int(d) for d in out_shape))
+            if shape and int(np.prod(shape)) > 1:
+                if int(np.prod(shape)) != v.size or tuple(shape) != tuple(v.shape):
+                    raise EdgeqError(f"node '{node.name}' ({node.op_type}): cannot reshape a quantized constant "
+                                     f"whose scales have shape {tuple(shape)}")
+                from dataclasses import replace
+
+                fmt = replace(fmt, param_shape=tuple(new_v.shape))
+            self.qconst[node.output[0]] = (new_v, fmt)
+            return
         if node.op_type == "Transpose":
             perm = list(_attr(node, "perm", range(v.ndim)[::-1]))
             v = np.transpose(v, perm)
@@ -551,8 +566,45 @@ class _Lowering:
         c = np.asarray(c, dtype=np.float32)
         if len(cshape) == len(xshape):
             c = c[0]
-        self.add(node, "FloatOp", [x], Float32(), attrs={"fn": fn, "const": c, "const_first": xi == 1},
-                 contract=Contract(rounding="float32, once per element", fused=False, engine="float32 numpy"))
+        out_fmt, contract = self._exact_scale_shift(node, x, c), None
+        if out_fmt is None:
+            out_fmt = Float32()
+            contract = Contract(rounding="float32, once per element", fused=False, engine="float32 numpy")
+        else:
+            contract = Contract(accumulator=out_fmt, rounding="none: exact fixed point (float32 holds every value)",
+                                engine="float32 numpy (exact)")
+        self.add(node, "FloatOp", [x], out_fmt, attrs={"fn": fn, "const": c, "const_first": xi == 1},
+                 contract=contract)
+
+    def _exact_scale_shift(self, node, x: str, c: np.ndarray) -> FixedPoint | None:
+        """The exact FixedPoint of ``x * c`` or ``x + c`` (either order) when x is exact fixed point and c is a
+        quantized constant on a power-of-two grid (a fixed-point BatchNorm's scale or shift, e.g. Brevitas
+        BatchNorm2dToQuantScaleBias), and the result fits 24 bits: then float32 computes it exactly, so the
+        emulator, QONNX and Brevitas agree, and the FPGA computes it on integer codes. Else None (float glue)."""
+        op = node.op_type
+        if op not in ("Mul", "Add", "Sub"):
+            return None
+        ct = next((t for t in node.input if t in self.qconst), None)
+        fx = exact_fixed(self.tensors[x].format)
+        fc = exact_fixed(self.qconst[ct][1]) if ct is not None else None
+        if fx is None or fc is None:
+            return None
+        # exact_fixed covers per-tensor grids; per-channel power-of-two scales share the finest lsb
+        codes = np.asarray(c, dtype=np.float64) / fc.eps
+        if not np.array_equal(codes, np.rint(codes)):
+            return None
+        cmax = float(np.max(np.abs(codes))) if codes.size else 0.0
+        xmax = float(max(-fx.code_min, fx.code_max))
+        if op == "Mul":
+            frac = fx.frac_bits + fc.frac_bits
+            bound = xmax * cmax
+        else:
+            frac = max(fx.frac_bits, fc.frac_bits)
+            bound = xmax * 2.0 ** (frac - fx.frac_bits) + cmax * 2.0 ** (frac - fc.frac_bits)
+        width = _bits_for(bound)
+        if width > 24:
+            return None
+        return FixedPoint(width, width - frac, True)
 
     def _mac_layer(self, node, op: str, x: str, w: np.ndarray, wfmt: NumFormat, bias_idx: int | None,
                    k: int, attrs: dict[str, Any]) -> None:

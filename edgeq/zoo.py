@@ -182,3 +182,45 @@ def minifloat_mlp(seed: int = 0, power_of_two_scales: bool = True):
     net = torch.nn.Sequential(qnn.QuantIdentity(act_quant=act), torch.nn.Flatten(),
                               qnn.QuantLinear(64, 10, bias=False, weight_quant=weight))
     return net.eval(), (1, 1, 8, 8)
+
+
+def fixed_point_resblock(seed: int = 0, channels: int = 4, hw: int = 6):
+    """A ResNet-style block with every tensor in fixed point: conv -> BatchNorm -> ReLU -> conv -> BatchNorm ->
+    residual Add, each output quantized with a power-of-two (fixed-point) Brevitas quantizer. BatchNorm is
+    Brevitas ``BatchNorm2dToQuantScaleBias``: a fixed-point scale and shift (quantized weight and bias), so it
+    exports as Mul/Add by quantized constants, which edgeq ingests as exact fixed point (no float glue)."""
+    import torch
+    from brevitas import nn as qnn
+    from brevitas.quant.fixed_point import Int8ActPerTensorFixedPoint as Act
+    from brevitas.quant.fixed_point import Int8BiasPerTensorFixedPointInternalScaling as Bias
+    from brevitas.quant.fixed_point import Int8WeightPerTensorFixedPoint as Weight
+
+    class ResBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            c = channels
+            self.inp = qnn.QuantIdentity(act_quant=Act)
+            self.conv1 = qnn.QuantConv2d(c, c, 3, padding=1, bias=False, weight_quant=Weight, output_quant=Act)
+            self.bn1 = qnn.BatchNorm2dToQuantScaleBias(c, weight_quant=Weight, bias_quant=Bias, output_quant=Act)
+            self.relu = torch.nn.ReLU()
+            self.conv2 = qnn.QuantConv2d(c, c, 3, padding=1, bias=False, weight_quant=Weight, output_quant=Act)
+            self.bn2 = qnn.BatchNorm2dToQuantScaleBias(c, weight_quant=Weight, bias_quant=Bias, output_quant=Act)
+            self.out = qnn.QuantIdentity(act_quant=Act)
+
+        def forward(self, x):
+            x = self.inp(x)
+            y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.out(y + x)
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = ResBlock()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.weight.copy_(torch.rand(channels, generator=gen) + 0.5)
+            bn.bias.copy_(torch.rand(channels, generator=gen) - 0.5)
+    model.train()
+    with torch.no_grad():  # calibrate the activation quantizers' binary points
+        for _ in range(5):
+            model(torch.randn(8, channels, hw, hw, generator=gen))
+    return model.eval(), (1, channels, hw, hw)

@@ -159,6 +159,22 @@ void edgeq_add(const AT a[N], const BT b[N], YT y[N]) {
     }
 }
 
+// Fixed-point scale or shift by a per-channel constant (codes c[C], already at the output's binary point for
+// an add): MUL: y = x * c; else y = SX_SIGN * (x << SHIFT_X) + SC_SIGN * c. Exact: YT holds every result.
+template <typename XT, typename CT, typename YT, int C, int INNER, bool MUL, int SHIFT_X, int SX_SIGN, int SC_SIGN>
+void edgeq_const_op(const XT x[C * INNER], const CT c[C], YT y[C * INNER]) {
+const_c:
+    for (int ch = 0; ch < C; ch++) {
+    const_i:
+        for (int i = 0; i < INNER; i++) {
+#pragma HLS PIPELINE II = 1
+            const YT v = (YT)x[ch * INNER + i];
+            y[ch * INNER + i] = MUL ? (YT)(v * (YT)c[ch])
+                                    : (YT)(SX_SIGN * v * ((YT)1 << SHIFT_X) + SC_SIGN * (YT)c[ch]);
+        }
+    }
+}
+
 template <typename T, int N>
 void edgeq_copy(const T x[N], T y[N]) {
     for (int i = 0; i < N; i++) {

@@ -29,7 +29,7 @@ def exported(export_dir):
         key = (kind,) + args
         if key not in cache:
             build = {"bnn_pynq": zoo.bnn_pynq, "fixed": zoo.fixed_point_cnn, "minifloat": zoo.minifloat_mlp,
-                     "depthwise": zoo.depthwise_cnn}[kind]
+                     "depthwise": zoo.depthwise_cnn, "resblock": zoo.fixed_point_resblock}[kind]
             model, shape = build(*args)
             path = export_dir / ("_".join(map(str, key)) + ".onnx")
             import torch

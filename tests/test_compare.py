@@ -87,25 +87,36 @@ def test_one_ulp_is_a_mismatch_named_with_its_bit_patterns(project, tmp_path):
 
 
 def test_equality_is_on_bit_patterns(project, tmp_path, monkeypatch):
-    """-0.0 differs from 0.0; NaN equals NaN only with the same bits (reference values injected)."""
+    """NaN equals NaN only with the same bits, inf only with the same sign (reference values injected). An FPGA
+    output is an integer code, and code 0 has no sign: -0.0 from the float32 model equals the hardware's 0."""
     from edgeq.backends import compare as c
 
     ref = np.zeros((64, 10))
     ref[:, 1] = np.nan
     ref[:, 2] = np.inf
+    ref[7, 3] = -0.0
     monkeypatch.setattr(c, "emulate", lambda graph, x, trace=False, progress=None, raw_trace=False: ref.copy())
     hw = ref.copy()
     hw[3, 0] = -0.0
+    hw[7, 3] = 0.0
     hw[4, 1] = np.frombuffer(np.uint64(0x7FF8000000000001).tobytes(), np.float64)[0]  # another NaN payload
     hw[5, 2] = -np.inf
     np.save(tmp_path / "hw.npy", hw)
     s = c.compare_project(project, tmp_path / "hw.npy")
-    assert s["mismatches"] == 3 and [r["mismatches"] for r in s["per_output"][:3]] == [1, 1, 1]
-    assert s["first_mismatch"]["vector"] == 3 and s["first_mismatch"]["hw_bits"] == "0x8000000000000000"
-    assert s["per_output"][0]["max_abs_diff"] == 0.0 and s["nonfinite_mismatches"] == 2
+    assert s["mismatches"] == 2 and [r["mismatches"] for r in s["per_output"][:4]] == [0, 1, 1, 0]
+    assert s["first_mismatch"]["vector"] == 4 and s["first_mismatch"]["hw_bits"] == "0x7ff8000000000001"
+    assert s["nonfinite_mismatches"] == 2
     assert s["expected_file_agrees"] is False
     np.save(tmp_path / "hw.npy", ref)
     assert c.compare_project(project, tmp_path / "hw.npy")["identical"] is True
+
+
+def test_signed_zero_counts_for_float_outputs():
+    from edgeq.backends.compare import same_bits
+
+    a, b = np.array([0.0, -0.0, 1.0]), np.array([-0.0, -0.0, 1.0])
+    assert same_bits(a, b).tolist() == [False, True, True]  # MCU: float16/float32 outputs keep the sign
+    assert same_bits(a, b, signed_zero=False).tolist() == [True, True, True]  # FPGA: integer codes
 
 
 def test_stale_expected_file_is_reported_but_the_fresh_emulation_decides(project, tmp_path):

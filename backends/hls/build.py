@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeq import __version__, mst
 from edgeq.backends.common import atomic_project, load_vectors
+from edgeq.backends.compare import same_bits
 from edgeq.board import Board, get_board
 from edgeq.emulate import emulate
 from edgeq.errors import EdgeqError
@@ -149,6 +150,10 @@ def cost_rows(design) -> list[dict]:
             "in_elements": x.elements, "out_elements": y.elements, "channels": y.shape[0] if y.shape else 1,
             "levels": int(thr.shape[1]) if thr is not None else 0, "parallel": parallel, "kernel": kernel,
         })
+        if lay.op == "ConstOp":
+            c = lay.params["const"]
+            rows[-1].update(mul=lay.attrs["fn"] == "mul", w_bits=int(max(1, int(np.abs(c).max(initial=0)))
+                                                                      .bit_length() + 1))
     return rows
 
 
@@ -260,9 +265,7 @@ def step_csim(ctx: BuildContext) -> None:
     out_codes = run_csim(ctx.tmp, exe, codes, out_t.elements, out_t.dtype, ctx.cfg.jobs)
     got = d.glue.decode(out_codes)
     np.save(ctx.tmp / "csim" / "outputs.npy", got)
-    same = (got == ctx.expected) | (np.isnan(got) & np.isnan(ctx.expected))
-    bitwise = got.view(np.uint64) == ctx.expected.view(np.uint64)
-    mismatches = int(np.sum(~(same & bitwise)))
+    mismatches = int(np.sum(~same_bits(got, ctx.expected, signed_zero=False)))  # codes: zero has no sign
     csim = {"status": "pass" if mismatches == 0 else "fail", "vectors": int(len(ctx.x)), "mismatches": mismatches,
             "outputs_compared": int(got.size), "compile_seconds": round(t_compile, 2),
             "seconds": round(time.perf_counter() - t0, 2), "compiler": "g++", "ap_types": "hls4ml wheel"}

@@ -133,7 +133,7 @@ TOP_OVERHEAD = {"dsp": 0, "lut": 2000, "ff": 2500, "bram36": 2.0}
 
 MAC_OPS = ("Conv2d", "Dense")
 BINARY_OPS = ("XnorDense", "XnorConv2d", "MstDense", "MstConv2d")
-OPS = MAC_OPS + BINARY_OPS + ("Threshold", "Cast", "MaxPool", "SumPool", "Relu", "Add", "Reshape")
+OPS = MAC_OPS + BINARY_OPS + ("Threshold", "Cast", "MaxPool", "SumPool", "Relu", "Add", "ConstOp", "Reshape")
 
 #: LUTs per XNOR+popcount input bit (the XNOR folds into the popcount tree's first compressor level)
 XNOR_LUT_PER_BIT = 1.0
@@ -241,6 +241,7 @@ _LANE_COST = {
     "MaxPool": lambda i, acc, o: (i, i),
     "SumPool": lambda i, acc, o: (acc or i, acc or i),
     "Add": lambda i, acc, o: (max(i, o) + 1, o),
+    "ConstOp": lambda i, acc, o: (max(i, o) + 1, o),  # the shift-add of a shift; a multiply as shift-adds in LUTs
     "Reshape": lambda i, acc, o: (0, 0),
 }
 
@@ -292,6 +293,12 @@ def estimate_layer(layer: dict, *, dsp_slice: str = "DSP48E2") -> dict[str, Any]
         macs = _int(layer, "macs")
         if macs:
             notes.append(f"~{math.ceil(macs / lanes):,} cycles/sample for {macs:,} MACs")
+    elif op == "ConstOp" and layer.get("mul"):  # a fixed-point BatchNorm scale: one multiplier per lane
+        mul = multiplier_cost(in_bits, w_bits, dsp_slice=dsp_slice, shift_add=bool(layer.get("shift_add", False)))
+        out["dsp"] += lanes * mul["dsp"]
+        out["lut"] += lanes * mul["lut"]
+        out["ff"] += lanes * (mul["ff"] + out_bits)
+        notes.append(f"{lanes} x scale {in_bits}x{w_bits} bit -> {mul['impl']}")
     else:
         lut, ff = _LANE_COST[op](in_bits, acc_bits, out_bits)
         out["lut"] += lanes * lut

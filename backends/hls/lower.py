@@ -277,6 +277,8 @@ class _Lowerer:
                 self.add("Reshape", [x.name], self.new_tensor(lay.output, x.format), [lay])
             elif lay.op == "Add":
                 self.add_layer(lay)
+            elif lay.op == "FloatOp" and self.is_exact(lay):
+                self.const_op(lay)
             else:
                 raise EdgeqError(f"{_node(lay)}: {lay.op} has no FPGA lowering; supported: Conv2d, Dense, "
                                  "BatchNorm/activation -> quantizer, Quantize, Trunc, Relu, MaxPool, AvgPool, Add, "
@@ -355,6 +357,33 @@ class _Lowerer:
             params = {"weight_bits": pack_words(bits)}
         out = self.new_tensor(lay.output, out_fmt)
         self.add(XNOR_OPS[(lay.op, use_mst)], [x.name], out, [lay], attrs=attrs, params=params)
+
+    def const_op(self, lay: Layer) -> None:
+        """An exact fixed-point multiply or add by a quantized constant (a fixed-point BatchNorm's scale or shift,
+        ingest's ``_exact_scale_shift``): on codes, y = x * c, or y = sx * (x << SX) + sc * (c << SC)."""
+        x = self.hw(lay.inputs[0])
+        out = self.new_tensor(lay.output, self.g.tensors[lay.output].format)
+        a = lay.attrs
+        fn = a["fn"]
+        c = np.asarray(a["const"], dtype=np.float64)
+        full = np.broadcast_to(c.reshape((1,) * max(0, len(x.shape) - c.ndim) + c.shape), x.shape)
+        per_channel = full.reshape(full.shape[0], -1) if full.ndim else full.reshape(1, 1)
+        if np.all(per_channel == per_channel[:, :1]):
+            values, channels = per_channel[:, 0], (x.shape[0] if x.shape else 1)
+        else:
+            values, channels = full.reshape(-1), x.elements
+        if fn == "mul":
+            frac_c = out.format.frac_bits - x.format.frac_bits
+        elif fn in ("add", "sub"):
+            frac_c = out.format.frac_bits
+        else:  # pragma: no cover - ingest marks only Mul/Add/Sub exact
+            raise EdgeqError(f"{_node(lay)}: {fn} by a constant has no fixed-point lowering")
+        codes = _codes(values, 2.0 ** -frac_c)
+        attrs = {"fn": fn, "channels": channels, "inner": x.elements // channels,
+                 "shift_x": out.format.frac_bits - x.format.frac_bits if fn != "mul" else 0,
+                 "sign_x": -1 if fn == "sub" and a["const_first"] else 1,
+                 "sign_c": -1 if fn == "sub" and not a["const_first"] else 1}
+        self.add("ConstOp", [x.name], out, [lay], attrs=attrs, params={"const": codes})
 
     def add_layer(self, lay: Layer) -> None:
         a, b = (self.hw(t) for t in lay.inputs)

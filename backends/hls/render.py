@@ -260,6 +260,11 @@ class Renderer:
             body = f"    edgeq_relu<{xt}, {x.elements}>(x0, y);"
         elif lay.op == "Reshape":
             body = f"    edgeq_copy<{xt}, {x.elements}>(x0, y);"
+        elif lay.op == "ConstOp":
+            ct = _param_type(lay, "const")
+            mul = "true" if a["fn"] == "mul" else "false"
+            body = (f"    edgeq_const_op<{xt}, {ct}, {yt}, {a['channels']}, {a['inner']}, {mul}, {a['shift_x']}, "
+                    f"{a['sign_x']}, {a['sign_c']}>(x0, {name}_const, y);")
         elif lay.op == "Add":
             b = self.t(lay.inputs[1])
             body = (f"    edgeq_add<{xt}, {self.ty(b.name)}, {yt}, {y.elements}, {a['shift_a']}, {a['shift_b']}>"
