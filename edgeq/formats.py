@@ -171,6 +171,29 @@ def overflow(q: np.ndarray, width: int, signed: bool, mode: str, lo: int | None 
     raise ValueError(mode)  # pragma: no cover
 
 
+def csd_digits(codes: np.ndarray) -> np.ndarray:
+    """The canonical signed digit (non-adjacent form) of every integer code: an int8 array ``codes.shape + (D,)``
+    with digit i (weight 2^i) in {-1, 0, +1}, D the longest form. The CSD form has the fewest non-zero digits of
+    any signed-digit form, so ``np.count_nonzero(csd_digits(c), axis=-1)`` is how many shifted adds a
+    multiplication by c takes (the multiplier-free layers of :mod:`edgeq.qfx` and the FPGA backend)."""
+    n = np.asarray(codes, dtype=np.int64).copy()
+    digits = []
+    while np.any(n != 0):
+        odd = (n & 1) != 0
+        d = np.where(odd, 2 - (n & 3), 0)  # +1 when n = 1 (mod 4), -1 when n = 3 (mod 4)
+        digits.append(d.astype(np.int8))
+        n = (n - d) >> 1
+    if not digits:
+        return np.zeros(np.shape(codes) + (1,), dtype=np.int8)
+    return np.stack(digits, axis=-1)
+
+
+def csd_terms(code: int) -> list[tuple[int, int]]:
+    """The CSD form of one integer as (sign, shift) terms, lowest shift first: 7 -> [(-1, 0), (1, 3)]."""
+    d = csd_digits(np.array(int(code)))
+    return [(int(v), i) for i, v in enumerate(d) if v]
+
+
 def _int_dtype(width: int):
     """Smallest numpy dtype holding integer codes (and their products' intermediates) exactly."""
     return np.int64 if width <= 62 else object

@@ -7,6 +7,7 @@ node, its op type and what is supported.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import EdgeqError
-from edgeq.formats import Binary, FixedPoint, Float32, Int, MiniFloat, NumFormat
+from edgeq.formats import Binary, FixedPoint, Float32, Int, MiniFloat, NumFormat, csd_digits
 from edgeq.ir import Contract, Graph, Layer, Tensor
 
 QUANT_OPS = ("Quant", "BipolarQuant", "FloatQuant")
@@ -279,9 +280,12 @@ def _bits_for(bound: float) -> int:
 
 
 class _Lowering:
-    def __init__(self, mw, where: str):
+    def __init__(self, mw, where: str, meta: dict[str, Any] | None = None):
         self.mw = mw
         self.where = where
+        self.meta = meta or {}
+        # quantized constant -> the initializer it came from (metadata names layers by their weight initializer)
+        self.qsource: dict[str, str] = {}
         self.tensors: dict[str, Tensor] = {}
         self.layers: list[Layer] = []
         self.alias: dict[str, str] = {}
@@ -383,7 +387,11 @@ class _Lowering:
                 if x is None:
                     raise EdgeqError(f"node '{node.name}' ({op}): input '{node.input[0]}' is not available")
                 self.qconst[node.output[0]] = (fmt.quantize(np.asarray(x, dtype=np.float32)), fmt)
+                self.qsource[node.output[0]] = node.input[0]
                 return
+            spec = self.meta.get("tensors", {}).get(node.output[0])
+            if spec is not None:
+                fmt = self.metadata_format(node, fmt, spec)
             self.add(node, "Quantize", [self.need_dynamic(node)], fmt,
                      contract=Contract(rounding=f"once: {getattr(fmt, 'rounding', 'sign')}",
                                        order="elementwise", engine="format.quantize (float32, as QONNX)"))
@@ -452,9 +460,45 @@ class _Lowering:
         else:
             raise EdgeqError(f"node '{node.name}' ({op}): no lowering for op type {op}; supported: {SUPPORTED_OPS}")
 
+    def metadata_format(self, node, fmt: NumFormat, spec: Any) -> FixedPoint:
+        """A fixed-point quantizer whose rounding/overflow the ``edgeq.qfx`` metadata overrides (e.g. WRAP, which
+        QONNX's Quant cannot express: QONNX's own execution saturates such a tensor instead)."""
+        fx = exact_fixed(fmt)
+        if fx is None or not isinstance(spec, dict):
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): metadata '{QFX_METADATA_KEY}' gives "
+                             f"{spec!r} for a {fmt} quantizer; only power-of-two (fixed-point) quantizers take it")
+        try:
+            return FixedPoint(fx.width, fx.int_bits, fx.signed, spec.get("rounding", fx.rounding),
+                              spec.get("overflow", fx.overflow))
+        except ValueError as e:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): metadata '{QFX_METADATA_KEY}': {e}") from None
+
+    def multiplier_free(self, node, w: np.ndarray, wfmt: NumFormat) -> dict[str, Any] | None:
+        """The ``edgeq.qfx`` multiplier-free mode of this layer's weights, checked against the weight codes."""
+        spec = self.meta.get("layers", {}).get(self.qsource.get(node.input[1], ""))
+        if not isinstance(spec, dict) or not spec.get("multiplier_free"):
+            return None
+        mode = spec["multiplier_free"]
+        k = 1 if mode == "pow2" else spec.get("k")
+        if mode not in ("pow2", "khot") or not isinstance(k, int) or k < 1:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): metadata '{QFX_METADATA_KEY}' asks for "
+                             f"multiplier_free={mode!r}, k={k!r}; expected 'pow2', or 'khot' with k >= 1")
+        g = grid_of(wfmt)
+        if g is None or not is_power_of_two(g[0]):
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): multiplier-free weights need a power-of-two "
+                             f"weight grid, not {wfmt}")
+        codes = np.rint(np.asarray(w, dtype=np.float64) / np.broadcast_to(g[0], w.shape)).astype(np.int64)
+        digits = int(np.count_nonzero(csd_digits(codes), axis=-1).max(initial=0))
+        if digits > k:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): a weight has {digits} non-zero CSD digits but "
+                             f"the layer is declared multiplier-free ({mode}, at most {k}); re-export the model")
+        return {"mode": mode, "k": k, "max_digits": digits}
+
     def move_qconst(self, node) -> None:
         """Data movement on a quantized constant (e.g. FloatQuant -> Transpose -> MatMul weights)."""
         v, fmt = self.qconst[node.input[0]]
+        if node.input[0] in self.qsource:
+            self.qsource[node.output[0]] = self.qsource[node.input[0]]
         if node.op_type in ("Reshape", "Unsqueeze"):  # e.g. a quantized BatchNorm weight viewed as (1, C, 1, 1)
             out_shape = self.mw.get_tensor_shape(node.output[0])
             if out_shape is None:
@@ -654,6 +698,9 @@ class _Lowering:
             contract = Contract(accumulator=acc, rounding=f"once to float32 ({why}): y = f32(acc*s_x*s_w [+ b])",
                                 order="integer accumulation is exact", engine=engine)
         attrs["macs"] = int(np.prod(self.shape(node.output[0]))) * k
+        free = self.multiplier_free(node, w, wfmt)
+        if free is not None:
+            attrs["multiplier_free"] = free
         self.add(node, op, [x], out_fmt, attrs=attrs, weight=w, weight_format=wfmt, bias=bias,
                  bias_format=bias_fmt, contract=contract)
 
@@ -713,9 +760,36 @@ def _layer_name(onnx_name: str) -> str:
     return out
 
 
+#: the ONNX ``metadata_props`` key of what standard QONNX cannot say (written by :func:`edgeq.qfx.export`)
+QFX_METADATA_KEY = "edgeq.qfx"
+QFX_METADATA_VERSION = 1
+
+
+def qfx_metadata(model_proto: Any, where: str) -> dict[str, Any]:
+    """The ``edgeq.qfx`` metadata of a model, or {} (see :mod:`edgeq.qfx` for the schema).
+
+    Forward compatible: unknown keys are ignored, and a newer ``version`` is read as far as this one knows it.
+    A value that is not a JSON object, or an entry of the wrong type, is one EdgeqError line.
+    """
+    for prop in model_proto.metadata_props:
+        if prop.key != QFX_METADATA_KEY:
+            continue
+        try:
+            doc = json.loads(prop.value)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("tensors", {}), dict) or \
+                not isinstance(doc.get("layers", {}), dict):
+            raise EdgeqError(f"{where}: metadata '{QFX_METADATA_KEY}' is not a JSON object with 'tensors' and "
+                             "'layers' objects; re-export the model with edgeq.qfx.export()")
+        return doc
+    return {}
+
+
 def load(model: Any) -> Graph:
     """Load a QONNX model (path, ``onnx.ModelProto`` or qonnx ``ModelWrapper``) into the edgeq IR."""
     mw, path = _read(model)
     where = path or "model"
+    meta = qfx_metadata(mw.model, where)
     mw = _cleanup(mw, where)
-    return _Lowering(mw, where).run()
+    return _Lowering(mw, where, meta).run()

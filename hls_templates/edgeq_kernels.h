@@ -13,11 +13,30 @@
 
 #include <stdint.h>
 
-// ---- Conv2d (NCHW codes, weights [COUT][CIN/G][KH][KW]) -------------------------------------
+// ---- One product term of a MAC ---------------------------------------------------------------
+// KD == 0: x * w[i], a multiplier. KD > 0: a multiplier-free layer (edgeq.qfx pow2 / K-hot weights): w holds KD
+// signed digits per weight, w[i*KD + j] = 0 (none) or +-(shift + 1), and the product is the sum of the shifted
+// copies of x, i.e. shifts and adds in LUTs, no DSP. Both are exact integer products.
+template <typename AT, typename XT, typename WT, int KD>
+static inline AT edgeq_product(XT x, const WT *w, int i) {
+#pragma HLS INLINE
+    if (KD == 0) return (AT)x * (AT)w[i];
+    AT p = 0;
+    for (int j = 0; j < (KD > 0 ? KD : 1); j++) {
+#pragma HLS UNROLL
+        const int d = (int)w[i * KD + j];
+        if (d > 0) p += (AT)x * ((AT)1 << (d - 1));
+        if (d < 0) p -= (AT)x * ((AT)1 << (-d - 1));
+    }
+    return p;
+}
+
+// ---- Conv2d (NCHW codes, weights [COUT][CIN/G][KH][KW], each KD digits when KD > 0) -----------
 template <typename XT, typename WT, typename BT, typename AT, typename YT, int CIN, int H, int W, int COUT,
-          int KH, int KW, int SH, int SW, int PT, int PL, int DH, int DW, int G, int OH, int OW, bool HAS_BIAS>
-void edgeq_conv2d(const XT x[CIN * H * W], const WT w[COUT * (CIN / G) * KH * KW], const BT bias[COUT],
-                  YT y[COUT * OH * OW]) {
+          int KH, int KW, int SH, int SW, int PT, int PL, int DH, int DW, int G, int OH, int OW, bool HAS_BIAS,
+          int KD = 0>
+void edgeq_conv2d(const XT x[CIN * H * W], const WT w[COUT * (CIN / G) * KH * KW * (KD > 0 ? KD : 1)],
+                  const BT bias[COUT], YT y[COUT * OH * OW]) {
     const int CG = CIN / G, OG = COUT / G;
 conv_co:
     for (int co = 0; co < COUT; co++) {
@@ -38,8 +57,8 @@ conv_co:
 #pragma HLS UNROLL
                             const int ih = oh * SH - PT + kh * DH, iw = ow * SW - PL + kw * DW;
                             if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                                acc += (AT)x[((g * CG + ci) * H + ih) * W + iw] *
-                                       (AT)w[((co * CG + ci) * KH + kh) * KW + kw];
+                                acc += edgeq_product<AT, XT, WT, KD>(x[((g * CG + ci) * H + ih) * W + iw], w,
+                                                                     ((co * CG + ci) * KH + kh) * KW + kw);
                         }
                     }
                 }
@@ -49,9 +68,10 @@ conv_co:
     }
 }
 
-// ---- Dense: y[N] = x[K] . w[K][N] (+ bias) ---------------------------------------------------
-template <typename XT, typename WT, typename BT, typename AT, typename YT, int K, int N, int P, bool HAS_BIAS>
-void edgeq_dense(const XT x[K], const WT w[K * N], const BT bias[N], YT y[N]) {
+// ---- Dense: y[N] = x[K] . w[K][N] (+ bias); KD as for Conv2d ---------------------------------
+template <typename XT, typename WT, typename BT, typename AT, typename YT, int K, int N, int P, bool HAS_BIAS,
+          int KD = 0>
+void edgeq_dense(const XT x[K], const WT w[K * N * (KD > 0 ? KD : 1)], const BT bias[N], YT y[N]) {
 dense_n:
     for (int n = 0; n < N; n++) {
         AT acc = HAS_BIAS ? (AT)bias[n] : (AT)0;
@@ -59,7 +79,7 @@ dense_n:
         for (int k = 0; k < K; k++) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS UNROLL factor = P
-            acc += (AT)x[k] * (AT)w[k * N + n];
+            acc += edgeq_product<AT, XT, WT, KD>(x[k], w, k * N + n);
         }
         y[n] = (YT)acc;
     }

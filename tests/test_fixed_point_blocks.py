@@ -47,3 +47,57 @@ def test_resblock_builds_for_ultra96_with_csim_bit_exact(exported, tmp_path):
     ops = [lay["op"] for lay in rep["layers"]]
     assert ops.count("ConstOp") == 4 and "Threshold" not in ops  # no float glue left to fold
     assert all(r["mismatching_elements"] == 0 for r in rep["csim"]["layers"])
+
+
+def _annotated_resblock(path: Path, out: Path, layers: dict, khot_values: bool) -> Path:
+    """The resblock export with multiplier-free weights in conv1 (powers of two, or sums of two) and the
+    edgeq.qfx metadata declaring them (the schema edgeq.qfx.export writes)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    rng = np.random.default_rng(3)
+    for init in m.graph.initializer:
+        if init.name == "conv1.weight":
+            w = numpy_helper.to_array(init)
+            e = rng.integers(-6, -1, w.shape).astype(np.float64)
+            v = np.sign(rng.standard_normal(w.shape)) * 2.0 ** e
+            if khot_values:
+                v = v + np.sign(v) * 2.0 ** (e - 2)  # two non-zero digits
+            init.CopyFrom(numpy_helper.from_array(v.astype(np.float32), init.name))
+    meta = m.metadata_props.add()
+    meta.key = "edgeq.qfx"
+    meta.value = json.dumps({"version": 1, "tensors": {}, "layers": layers})
+    onnx.save(m, str(out))
+    return out
+
+
+def test_multiplier_free_layer_builds_as_shift_add_with_no_dsp(exported, tmp_path):
+    path, _, shape = exported("resblock", 0)
+    model = _annotated_resblock(path, tmp_path / "mf.onnx", {"conv1.weight": {"multiplier_free": "khot", "k": 2}},
+                                khot_values=True)
+    g = edgeq.load(model)
+    conv1 = next(lay for lay in g.layers if lay.name == "conv1_Conv")
+    assert conv1.attrs["multiplier_free"] == {"mode": "khot", "k": 2, "max_digits": 2}
+    out = tmp_path / "p"
+    res = subprocess.run([EDGEQ, "build", str(model), "--board", "ultra96", "--out", str(out), "--n-vectors", "32"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["csim"]["mismatches"] == 0
+    row = next(lay for lay in rep["layers"] if lay["name"] == "conv1_Conv")
+    other = next(lay for lay in rep["layers"] if lay["name"] == "conv2_Conv")
+    assert row["estimate"]["dsp"] == 0 and other["estimate"]["dsp"] > 0
+    src = (out / "hls" / "weights" / "layer_conv1_Conv.h").read_text()
+    assert "layer_conv1_Conv_digits" in src and "layer_conv1_Conv_weight[" not in src
+
+
+def test_a_weight_breaking_its_multiplier_free_declaration_is_refused(exported, tmp_path):
+    path, _, _ = exported("resblock", 0)
+    model = _annotated_resblock(path, tmp_path / "bad.onnx", {"conv1.weight": {"multiplier_free": "pow2"}},
+                                khot_values=True)
+    res = subprocess.run([EDGEQ, "build", str(model), "--board", "ultra96", "--out", str(tmp_path / "p")],
+                         capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "2 non-zero CSD digits" in lines[0], res.stderr
+    assert not (tmp_path / "p").exists()

@@ -150,6 +150,8 @@ def cost_rows(design) -> list[dict]:
             "in_elements": x.elements, "out_elements": y.elements, "channels": y.shape[0] if y.shape else 1,
             "levels": int(thr.shape[1]) if thr is not None else 0, "parallel": parallel, "kernel": kernel,
         })
+        if lay.attrs.get("shift_add"):  # multiplier-free: shifts and adds, no DSP (cost.multiplier_cost)
+            rows[-1]["shift_add"] = True
         if lay.op == "ConstOp":
             c = lay.params["const"]
             rows[-1].update(mul=lay.attrs["fn"] == "mul", w_bits=int(max(1, int(np.abs(c).max(initial=0)))

@@ -38,7 +38,7 @@ import numpy as np
 from edgeq import mst
 from edgeq.emulate import run_chain
 from edgeq.errors import EdgeqError
-from edgeq.formats import FixedPoint, Float32, Int
+from edgeq.formats import FixedPoint, Float32, Int, csd_digits
 from edgeq.host import HostGlue
 from edgeq.ingest import exact_fixed, grid_of
 from edgeq.ir import Graph, Layer
@@ -320,6 +320,9 @@ class _Lowerer:
         out = self.new_tensor(lay.output, out_fmt)
         attrs = dict(lay.attrs)
         attrs.update(w_bits=w_bits, macs=lay.macs)
+        if lay.attrs.get("multiplier_free"):  # shifts and adds (ingest checked the CSD digit count)
+            params["digits"] = shift_add_digits(w_codes)
+            attrs.update(kd=int(params["digits"].shape[-1]), shift_add=True)
         self.add(lay.op, [x.name], out, [lay], attrs=attrs, params=params)
 
     def xnor(self, lay: Layer) -> None:
@@ -504,6 +507,19 @@ class _Lowerer:
         self.add("Threshold", [x.name], out, chain,
                  attrs={"levels": levels, "base": base, "exhaustive": exhaustive, "domain": [lo, hi]},
                  params={"thresholds": thr, "sign": sign.astype(np.int64)})
+
+
+def shift_add_digits(codes: np.ndarray) -> np.ndarray:
+    """int8 (..., KD): the non-zero CSD digits of each weight code as +-(shift + 1), 0-padded to KD, the largest
+    count in the layer (the ``edgeq_product`` layout of hls_templates/edgeq_kernels.h)."""
+    d = csd_digits(codes)
+    kd = max(1, int(np.count_nonzero(d, axis=-1).max(initial=0)))
+    out = np.zeros(np.shape(codes) + (kd,), dtype=np.int8)
+    flat_d, flat_o = d.reshape(-1, d.shape[-1]), out.reshape(-1, kd)
+    for i, row in enumerate(flat_d):
+        nz = np.flatnonzero(row)
+        flat_o[i, :len(nz)] = row[nz] * (nz + 1)
+    return out
 
 
 def lower(graph: Graph, parallel: int = 8, trees: dict | None = None) -> HwDesign:

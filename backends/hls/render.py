@@ -156,6 +156,8 @@ class Renderer:
         parts = []
         binary = lay.op in BINARY_OPS
         for key, a in lay.params.items():
+            if key == "weight" and "digits" in lay.params:
+                continue  # a multiplier-free layer stores its weights as shift-add digits
             if np.asarray(a).dtype == np.uint64:
                 parts.append(_word_array(f"{name}_{key}", a))
             elif binary:
@@ -197,6 +199,12 @@ class Renderer:
         fmt = self.t(lay.output).format
         return "int32_t" if fmt.width <= 31 else "int64_t"
 
+    def _weights(self, lay: HwLayer, name: str) -> tuple[str, str, str, int]:
+        """(bias type, weight type, weight array, KD) of a MAC layer: codes, or shift-add digits (KD > 0)."""
+        if "digits" in lay.params:
+            return _param_type(lay, "bias"), "int8_t", f"{name}_digits", int(lay.attrs["kd"])
+        return _param_type(lay, "bias"), _param_type(lay, "weight"), f"{name}_weight", 0
+
     def layer_cpp(self, lay: HwLayer, has_weights: bool) -> str:
         name = self.lname[lay.name]
         x = self.t(lay.inputs[0])
@@ -214,18 +222,18 @@ class Renderer:
             (sh, sw), (dh, dw), (pt, pl, _, _) = a["strides"], a["dilations"], a["pads"]
             has_b = "bias" in lay.params
             bias = f"{name}_bias" if has_b else "(const int32_t*)0"
-            bt, wt = _param_type(lay, "bias"), _param_type(lay, "weight")
+            bt, wt, warr, kd = self._weights(lay, name)
             body = (f"    edgeq_conv2d<{xt}, {wt}, {bt}, {self._acc_type(lay)}, {yt}, {cin}, {h}, {w}, {cout}, "
-                    f"{kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {a['group']}, {oh}, {ow}, {str(has_b).lower()}>"
-                    f"(x0, {name}_weight, {bias}, y);")
+                    f"{kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {a['group']}, {oh}, {ow}, {str(has_b).lower()}, "
+                    f"{kd}>(x0, {warr}, {bias}, y);")
         elif lay.op == "Dense":
             k, n = lay.params["weight"].shape
             has_b = "bias" in lay.params
             bias = f"{name}_bias" if has_b else "(const int32_t*)0"
-            bt, wt = _param_type(lay, "bias"), _param_type(lay, "weight")
+            bt, wt, warr, kd = self._weights(lay, name)
             p = max(1, min(k, 8))
             body = (f"    edgeq_dense<{xt}, {wt}, {bt}, {self._acc_type(lay)}, {yt}, {k}, {n}, {p}, "
-                    f"{str(has_b).lower()}>(x0, {name}_weight, {bias}, y);")
+                    f"{str(has_b).lower()}, {kd}>(x0, {warr}, {bias}, y);")
         elif lay.op in BINARY_OPS:
             inc.append('#include "edgeq_xnor.h"')
             body = self.binary_body(lay, name, xt, yt)
