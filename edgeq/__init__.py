@@ -3,6 +3,7 @@
     graph = edgeq.load("model.onnx")      # QONNX -> typed IR (every tensor has a NumFormat)
     y = edgeq.emulate(graph, x)           # bit-exact emulation, batch first
     edgeq.export(brevitas_module, x, "model.onnx")
+    edgeq.qfx                             # QFX quantizers: learned binary points (imported on first use)
 """
 
 from edgeq.emulate import emulate
@@ -17,3 +18,12 @@ __all__ = [
     "Binary", "EdgeqError", "FixedPoint", "Float16", "Float32", "Int", "MiniFloat",
     "__version__", "emulate", "export", "load",
 ]
+
+
+def __getattr__(name: str):
+    # edgeq.qfx needs torch and Brevitas: import it only when asked for
+    if name == "qfx":
+        import importlib
+
+        return importlib.import_module("edgeq.qfx")
+    raise AttributeError(f"module 'edgeq' has no attribute {name!r}")
