@@ -630,10 +630,15 @@ class _Lowering:
             return None
         ct = next((t for t in node.input if t in self.qconst), None)
         fx = exact_fixed(self.tensors[x].format)
-        fc = exact_fixed(self.qconst[ct][1]) if ct is not None else None
-        if fx is None or fc is None:
+        if fx is None or ct is None:
             return None
-        # exact_fixed covers per-tensor grids; per-channel power-of-two scales share the finest lsb
+        fc = exact_fixed(self.qconst[ct][1])
+        if fc is None:  # per-channel power-of-two scales: codes on the finest channel's lsb
+            g = grid_of(self.qconst[ct][1])
+            if g is None or not is_power_of_two(g[0]) or not (2.0 ** -100 < float(np.min(g[0])) < 2.0 ** 100):
+                return None
+            frac_c = 1 - int(np.frexp(float(np.min(g[0])))[1])
+            fc = FixedPoint(64, 64 - frac_c, True)  # only its lsb is used below
         codes = np.asarray(c, dtype=np.float64) / fc.eps
         if not np.array_equal(codes, np.rint(codes)):
             return None

@@ -101,3 +101,41 @@ def test_a_weight_breaking_its_multiplier_free_declaration_is_refused(exported, 
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "2 non-zero CSD digits" in lines[0], res.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_qfx_per_channel_batchnorm_is_fixed_point_and_builds_bit_exact(tmp_path):
+    """A QFX conv + per-channel QFXBatchNorm2d (learned binary point per channel): exact, and csim bit-exact."""
+    import brevitas.nn as qnn
+
+    from edgeq import qfx
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = qnn.QuantIdentity(act_quant=qfx.act_quant(8))
+            self.conv = qnn.QuantConv2d(3, 4, 3, padding=1, bias=False, weight_quant=qfx.weight_quant(8),
+                                        output_quant=qfx.act_quant(8), return_quant_tensor=True)
+            self.bn = qfx.QFXBatchNorm2d(4, 8, per_channel=True, return_quant_tensor=False)
+
+        def forward(self, x):
+            return self.bn(self.conv(self.inp(x)))
+
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():
+        net.bn.weight.uniform_(0.3, 3.0)
+        net.bn.bias.uniform_(-1.0, 1.0)
+    net.train()
+    for _ in range(3):
+        net(torch.randn(8, 3, 6, 6))
+    net.eval()
+    path = qfx.export(net, torch.zeros(1, 3, 6, 6), tmp_path / "pc.onnx") or tmp_path / "pc.onnx"
+    g = edgeq.load(path)
+    assert not [lay.name for lay in g.layers if isinstance(g.tensors[lay.output].format, Float32)]
+    x = torch.randn(32, 3, 6, 6)
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert np.array_equal(edgeq.emulate(g, x.numpy()).astype(np.float32), want)
+    res = subprocess.run([EDGEQ, "build", str(path), "--board", "ultra96", "--out", str(tmp_path / "p"),
+                          "--n-vectors", "32"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "0 mismatches" in res.stdout, res.stderr
