@@ -13,11 +13,17 @@ Example::
 
     reg = mst_regularizer(model, max_depth=None, refresh_every=50)
     for x, y in loader:
-        loss = torch.nn.functional.cross_entropy(model(x), y) + 0.05 * reg()
+        loss = torch.nn.functional.cross_entropy(model(x), y) + 10.0 * reg()
         opt.zero_grad()
         loss.backward()
         opt.step()
     print(reg.stats())  # per binary layer: total_distance, dense_distance, compression, op_ratio, ...
+
+Strength. With ``normalize`` (the default) the term is at most 1 per layer, so useful weights are large:
+``bench/mst.py`` (a 64-512-512-512-10 digits BNN with BatchNorm, Adam, lambda ramped up over half of the
+epochs) measures lambda 2-10 with the default ``"tanh"`` surrogate cutting the total distance from ~0.29 to
+~0.024-0.03 of K·(Cout−1) without an accuracy loss beyond seed noise. ``"l1"`` did worse on the 256-wide
+variant: 0.094 at lambda 0.01, and 0.12 at lambda 0.03 for an 11-point accuracy loss.
 """
 
 from __future__ import annotations
@@ -196,7 +202,7 @@ def mst_regularizer(model: Any, max_depth: int | None = None, refresh_every: int
     Example::
 
         reg = mst_regularizer(model, refresh_every=50)
-        loss = criterion(model(x), y) + 0.05 * reg()
+        loss = criterion(model(x), y) + 10.0 * reg()
         ...
         reg.stats()           # {"fc1": {"total_distance": ..., "dense_distance": ..., "compression": ...}, ...}
         reg.total_distance()  # Σ real total distance over the binary layers

@@ -29,7 +29,7 @@ def real_total_distance(model) -> int:
     """Σ total MST distance from the exported signs, computed independently of the regularizer."""
     total = 0
     for m in model.modules():
-        if isinstance(m, qnn.QuantLinear):
+        if isinstance(m, qnn.QuantLinear) and float(m.quant_weight().bit_width) == 1:
             bits = layer_bits(m)
             tree = mst.build_tree(mst.hamming(bits), None, K=bits.shape[1])
             total += mst.stats(tree)["total_distance"]
@@ -127,3 +127,56 @@ def test_non_binary_model_is_refused_clearly():
 def test_bad_options_are_refused(kw, needle):
     with pytest.raises(EdgeqError, match=needle):
         mst_regularizer(binary_mlp(), **kw)
+
+
+def digits_bnn(hidden: int = 64):
+    """For 8x8 digits: an 8-bit first layer, then binary layers (±1 weights, ±1 inputs), BatchNorm between."""
+    from brevitas.quant import Int8WeightPerTensorFixedPoint, SignedBinaryActPerTensorConst
+
+    torch.manual_seed(0)
+
+    def binary(cin, cout):
+        return qnn.QuantLinear(cin, cout, bias=False, weight_quant=SignedBinaryWeightPerTensorConst,
+                               weight_scaling_const=1.0)
+
+    def sign():
+        return qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst)
+
+    first = qnn.QuantLinear(64, hidden, bias=False, weight_quant=Int8WeightPerTensorFixedPoint)
+    return torch.nn.Sequential(torch.nn.Flatten(), first, torch.nn.BatchNorm1d(hidden), sign(),
+                               binary(hidden, hidden), torch.nn.BatchNorm1d(hidden), sign(),
+                               binary(hidden, 10), torch.nn.BatchNorm1d(10))
+
+
+def train_digits(lam: float, epochs: int = 12):
+    """(test accuracy, real total distance) of digits_bnn trained with loss + lam * regularizer (tanh)."""
+    from edgeq import data
+
+    x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in data.digits(seed=0))
+    model = digits_bnn()
+    reg = mst_regularizer(model, refresh_every=25) if lam else None
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x_train), generator=gen)
+        for i in range(0, len(perm), 64):
+            idx = perm[i:i + 64]
+            loss = torch.nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+            if reg is not None:
+                loss = loss + lam * reg()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(x_test).argmax(1) == y_test).float().mean())
+    return acc, real_total_distance(model)
+
+
+def test_training_on_digits_with_the_regularizer_cuts_the_distance_at_a_small_accuracy_cost():
+    acc_plain, dist_plain = train_digits(0.0)
+    acc_reg, dist_reg = train_digits(1.0)
+    assert acc_plain > 0.9, acc_plain
+    assert dist_reg < 0.4 * dist_plain, (dist_plain, dist_reg)
+    assert acc_reg > acc_plain - 0.03, (acc_plain, acc_reg)
