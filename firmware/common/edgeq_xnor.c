@@ -9,7 +9,8 @@
  *
  * MST children. A child reads its differing positions from an int8 ±1 copy of the input (xs), one load and one
  * add per position: a position list cannot use the word-parallel popcount, so on a CPU a child is cheaper than
- * its plain XNOR row only when |D| is small against K (below about K/10 without Zbb: a plain XNOR row costs about 0.65 instructions per position, a child about 6 per differing position; bench/mst.py).
+ * its plain XNOR row only when |D| is small against K: below about K/10 without Zbb (a plain XNOR row costs
+ * about 0.65 instructions per position, a child about 6 per differing position; bench/mst.py).
  */
 #include "edgeq_xnor.h"
 
