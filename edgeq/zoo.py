@@ -224,3 +224,45 @@ def fixed_point_resblock(seed: int = 0, channels: int = 4, hw: int = 6):
         for _ in range(5):
             model(torch.randn(8, channels, hw, hw, generator=gen))
     return model.eval(), (1, channels, hw, hw)
+
+
+def qfx_resblock(seed: int = 0, channels: int = 4, hw: int = 6, width: int = 8):
+    """The QFX ResNet-style block: conv -> BatchNorm -> ReLU -> conv -> BatchNorm -> Add, every tensor
+    ``width``-bit fixed point with a learned binary point (:mod:`edgeq.qfx`: QFXBatchNorm2d is a fixed-point
+    scale and shift, QFXAdd a fixed-point residual add). Export it with :func:`edgeq.qfx.export`."""
+    import torch
+    from brevitas import nn as qnn
+
+    from edgeq import qfx
+
+    class QFXResBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            c = channels
+            self.inp = qnn.QuantIdentity(act_quant=qfx.act_quant(width), return_quant_tensor=True)
+            self.conv1 = qnn.QuantConv2d(c, c, 3, padding=1, bias=False, weight_quant=qfx.weight_quant(width),
+                                         output_quant=qfx.act_quant(width), return_quant_tensor=True)
+            self.bn1 = qfx.QFXBatchNorm2d(c, width)
+            self.relu = qnn.QuantReLU(act_quant=None, return_quant_tensor=True)
+            self.conv2 = qnn.QuantConv2d(c, c, 3, padding=1, bias=False, weight_quant=qfx.weight_quant(width),
+                                         output_quant=qfx.act_quant(width), return_quant_tensor=True)
+            self.bn2 = qfx.QFXBatchNorm2d(c, width)
+            self.add = qfx.QFXAdd(width, return_quant_tensor=False)
+
+        def forward(self, x):
+            x = self.inp(x)
+            y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.add(y, x)
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = QFXResBlock()
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.weight.copy_(torch.rand(channels, generator=gen) + 0.5)
+            bn.bias.copy_(torch.rand(channels, generator=gen) - 0.5)
+    model.train()
+    with torch.no_grad():  # the first training batch initialises every activation binary point
+        for _ in range(3):
+            model(torch.randn(8, channels, hw, hw, generator=gen))
+    return model.eval(), (1, channels, hw, hw)

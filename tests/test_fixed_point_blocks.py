@@ -139,3 +139,30 @@ def test_qfx_per_channel_batchnorm_is_fixed_point_and_builds_bit_exact(tmp_path)
     res = subprocess.run([EDGEQ, "build", str(path), "--board", "ultra96", "--out", str(tmp_path / "p"),
                           "--n-vectors", "32"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and "0 mismatches" in res.stdout, res.stderr
+
+
+def test_qfx_resblock_every_tensor_fixed_point_equals_brevitas_and_builds_bit_exact(tmp_path):
+    """The QFX ResNet-style block (issue 6's done-when): learned binary points everywhere, BatchNorm and the
+    residual Add in fixed point; emulator == Brevitas bit for bit; Ultra96 csim bit-exact with no float glue."""
+    from edgeq import qfx, zoo
+
+    model, shape = zoo.qfx_resblock(0)
+    path = tmp_path / "qfx_block.onnx"
+    qfx.export(model, torch.zeros(shape), path)
+    g = edgeq.load(path)
+    assert not [lay.name for lay in g.layers if isinstance(g.tensors[lay.output].format, Float32)]
+    ops = [lay.op for lay in g.layers]
+    assert ops.count("FloatOp") == 4 and ops.count("Add") == 1
+    x = torch.randn((64,) + tuple(shape[1:]), generator=torch.Generator().manual_seed(5)) * 2
+    with torch.no_grad():
+        want = model(x).numpy().astype(np.float32)
+    got = edgeq.emulate(g, x.numpy()).astype(np.float32)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    np.save(tmp_path / "x.npy", x.numpy())
+    res = subprocess.run([EDGEQ, "build", str(path), "--board", "ultra96", "--out", str(tmp_path / "p"),
+                          "--vectors", str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert rep["csim"]["mismatches"] == 0
+    hw_ops = [lay["op"] for lay in rep["layers"]]
+    assert "Threshold" not in hw_ops and hw_ops.count("ConstOp") == 4 and "Add" in hw_ops
