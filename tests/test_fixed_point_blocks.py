@@ -88,6 +88,7 @@ def test_multiplier_free_layer_builds_as_shift_add_with_no_dsp(exported, tmp_pat
     row = next(lay for lay in rep["layers"] if lay["name"] == "conv1_Conv")
     other = next(lay for lay in rep["layers"] if lay["name"] == "conv2_Conv")
     assert row["estimate"]["dsp"] == 0 and other["estimate"]["dsp"] > 0
+    assert row["multiplier_free"] == {"mode": "khot", "k": 2, "max_digits": 2, "shift_add_terms": 2}
     src = (out / "hls" / "weights" / "layer_conv1_Conv.h").read_text()
     assert "layer_conv1_Conv_digits" in src and "layer_conv1_Conv_weight[" not in src
 

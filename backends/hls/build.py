@@ -362,6 +362,8 @@ def write_reports(ctx: BuildContext) -> None:
         if lay.op in ("Conv2d", "Dense"):
             row["accumulator"] = str(y.format)
             row["weight_bits"] = int(lay.attrs.get("w_bits", 0))
+            if lay.attrs.get("multiplier_free"):  # edgeq.qfx pow2 / K-hot weights: shift-add products, no DSP
+                row["multiplier_free"] = {**lay.attrs["multiplier_free"], "shift_add_terms": int(lay.attrs["kd"])}
         if "xnor_kernel" in lay.attrs:  # a binary layer: XNOR-popcount or MST-reordered (edgeq_xnor.h)
             row["kernel"] = lay.attrs["xnor_kernel"]
             row["accumulator"] = str(y.format)
