@@ -151,7 +151,7 @@ def cost_rows(design) -> list[dict]:
             "levels": int(thr.shape[1]) if thr is not None else 0, "parallel": parallel, "kernel": kernel,
         })
         if lay.attrs.get("shift_add"):  # multiplier-free: shifts and adds, no DSP (cost.multiplier_cost)
-            rows[-1]["shift_add"] = True
+            rows[-1].update(shift_add=True, shift_terms=int(lay.attrs["kd"]))
         if lay.op == "ConstOp":
             c = lay.params["const"]
             rows[-1].update(mul=lay.attrs["fn"] == "mul", w_bits=int(max(1, int(np.abs(c).max(initial=0)))

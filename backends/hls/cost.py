@@ -17,8 +17,10 @@ See :func:`multiplier_impl`.
 
 * both operands 1 bit: an XNOR, 1 LUT + 1 FF. The popcount is the accumulator below.
 * one operand 1 bit: a conditional negation of the other operand, n LUT + (n+1) FF, where n is the wider width.
-* ``shift_add`` layers (multiplier-free, e.g. power-of-two weights): never a DSP. Costed like a fabric product of
-  the same size, which is an upper bound for a shifter.
+* ``shift_add`` layers (multiplier-free: power-of-two or K-hot weights, ``shift_terms`` = the largest number of
+  signed digits per weight): never a DSP. Each term is a barrel shifter of the ``a``-bit input over the ``b``
+  possible positions (``a * ceil(log2 b)`` 2:1 muxes, one LUT each) and, from the second term on, an adder of
+  ``a + b`` bits; without ``shift_terms`` it is costed like a fabric product of the same size (an upper bound).
 * ``max(a, b) > 10`` or ``a*b > 40``: DSP. A product wider than one slice (27x18 signed on DSP48E2 in Zynq
   UltraScale+, 25x18 on DSP48E1 in Zynq-7000) is tiled: ``ceil(a/27) * ceil(b/18)`` slices, with the operands
   swapped if that needs fewer. Vivado may instead build part of a wide product in LUTs; we do not model that.
@@ -172,9 +174,13 @@ def dsp_tiles(a: int, b: int, dsp_slice: str = "DSP48E2") -> int:
     return min(math.ceil(a / wide) * math.ceil(b / narrow), math.ceil(b / wide) * math.ceil(a / narrow))
 
 
-def multiplier_cost(a: int, b: int, *, dsp_slice: str = "DSP48E2", shift_add: bool = False) -> dict[str, Any]:
+def multiplier_cost(a: int, b: int, *, dsp_slice: str = "DSP48E2", shift_add: bool = False,
+                    shift_terms: int = 0) -> dict[str, Any]:
     """Resources of one ``a x b`` product: ``{"impl", "dsp", "lut", "ff"}`` (rules in the module docstring)."""
     impl = multiplier_impl(a, b, shift_add)
+    if impl == "shift" and shift_terms > 0:
+        lut = shift_terms * a * max(1, math.ceil(math.log2(b))) + (shift_terms - 1) * (a + b)
+        return {"impl": impl, "dsp": 0, "lut": lut, "ff": a + b}
     if impl == "none":
         return {"impl": impl, "dsp": 0, "lut": 0, "ff": 0}
     if impl == "xnor":
@@ -280,7 +286,8 @@ def estimate_layer(layer: dict, *, dsp_slice: str = "DSP48E2") -> dict[str, Any]
         weights = _int(layer, "weights")
         if w_bits == 0 or weights == 0:
             raise EdgeqError(f"cost estimate: {op} layer '{name}' has no weights (weights={weights}, w_bits={w_bits})")
-        mul = multiplier_cost(in_bits, w_bits, dsp_slice=dsp_slice, shift_add=bool(layer.get("shift_add", False)))
+        mul = multiplier_cost(in_bits, w_bits, dsp_slice=dsp_slice, shift_add=bool(layer.get("shift_add", False)),
+                              shift_terms=_int(layer, "shift_terms"))
         out["dsp"] += lanes * mul["dsp"]
         out["lut"] += lanes * (mul["lut"] + acc_bits)
         out["ff"] += lanes * (mul["ff"] + acc_bits)
