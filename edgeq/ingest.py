@@ -463,7 +463,8 @@ class _Lowering:
     def metadata_format(self, node, fmt: NumFormat, spec: Any) -> FixedPoint:
         """A fixed-point quantizer whose rounding/overflow the ``edgeq.qfx`` metadata overrides (e.g. WRAP, which
         QONNX's Quant cannot express: QONNX's own execution saturates such a tensor instead)."""
-        fx = exact_fixed(fmt)
+        # the quantizer's own rounding and overflow (SAT, or SAT_SYM when narrow) are the defaults
+        fx = fmt if isinstance(fmt, FixedPoint) else fmt.as_fixed() if isinstance(fmt, Int) else None
         if fx is None or not isinstance(spec, dict):
             raise EdgeqError(f"node '{node.name}' ({node.op_type}): metadata '{QFX_METADATA_KEY}' gives "
                              f"{spec!r} for a {fmt} quantizer; only power-of-two (fixed-point) quantizers take it")
@@ -480,7 +481,7 @@ class _Lowering:
             return None
         mode = spec["multiplier_free"]
         k = 1 if mode == "pow2" else spec.get("k")
-        if mode not in ("pow2", "khot") or not isinstance(k, int) or k < 1:
+        if mode not in ("pow2", "khot") or not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise EdgeqError(f"node '{node.name}' ({node.op_type}): metadata '{QFX_METADATA_KEY}' asks for "
                              f"multiplier_free={mode!r}, k={k!r}; expected 'pow2', or 'khot' with k >= 1")
         g = grid_of(wfmt)

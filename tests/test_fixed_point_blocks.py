@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import qonnx_reference
 
@@ -167,3 +168,60 @@ def test_qfx_resblock_every_tensor_fixed_point_equals_brevitas_and_builds_bit_ex
     assert rep["csim"]["mismatches"] == 0
     hw_ops = [lay["op"] for lay in rep["layers"]]
     assert "Threshold" not in hw_ops and hw_ops.count("ConstOp") == 4 and "Add" in hw_ops
+
+
+def _meta_model(tmp_path: Path, bipolar: bool, spec: dict) -> Path:
+    from test_mcu_edge_cases import Model, Q
+
+    m = Model([1, 8])
+    if bipolar:
+        q = m.node("BipolarQuant", ["x", m.c(1.0)], Q)
+    else:
+        q = m.node("Quant", ["x", m.c(2.0 ** -4), m.c(0.0), m.c(8.0)], Q, signed=1, narrow=1, rounding_mode="ROUND")
+    path = m.save(q, tmp_path / "meta.onnx", [1, 8])
+    import onnx
+
+    proto = onnx.load(str(path))
+    prop = proto.metadata_props.add()
+    prop.key, prop.value = "edgeq.qfx", json.dumps({"version": 1, "tensors": {q: spec}, "layers": {}})
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_partial_metadata_keeps_the_quantizers_other_modes(tmp_path):
+    """A spec naming only the overflow keeps the Quant's rounding (ROUND = RND_CONV); an empty one keeps both
+    (narrow = SAT_SYM), so the emulation equals QONNX; a bipolar quantizer takes no metadata (review finding)."""
+    from conftest import qonnx_reference
+
+    from edgeq.errors import EdgeqError
+
+    x = np.array([[0.09375, 0.3, 100.0, -100.0, 0.03125, -0.03125, 7.97, -7.99]], np.float32)
+    g = edgeq.load(_meta_model(tmp_path, False, {"overflow": "WRAP"}))
+    fmt = g.tensors[g.outputs[0]].format
+    assert (fmt.rounding, fmt.overflow) == ("RND_CONV", "WRAP")
+    path = _meta_model(tmp_path, False, {})
+    g = edgeq.load(path)
+    assert (g.output.format.rounding, g.output.format.overflow) == ("RND_CONV", "SAT_SYM")
+    assert np.array_equal(edgeq.emulate(g, x), qonnx_reference(path, x))
+    with pytest.raises(EdgeqError, match="bipolar quantizer; only power-of-two"):
+        edgeq.load(_meta_model(tmp_path, True, {"overflow": "SAT"}))
+
+
+def test_fpga_refuses_per_element_glue_before_a_quantizer_in_one_line(tmp_path):
+    """Binary conv -> Add of a (1, C, H, W) constant -> BipolarQuant: thresholds are per channel, so the FPGA
+    refuses it (it used to crash with a reshape error); the MCU runs it as float32 glue."""
+    from test_mcu_edge_cases import Model, Q
+
+    rng = np.random.default_rng(3)
+    m = Model([1, 3, 5, 5])
+    x = m.node("BipolarQuant", ["x", m.c(1.0)], Q)
+    w = m.node("BipolarQuant", [m.c(rng.normal(size=(5, 3, 3, 3))), m.c(1.0)], Q)
+    y = m.node("Conv", [x, w], pads=[1, 1, 1, 1])
+    y = m.node("Add", [y, m.c(rng.integers(-3, 4, (1, 5, 5, 5)).astype(np.float32) + 0.5)])
+    y = m.node("BipolarQuant", [y, m.c(1.0)], Q)
+    path = m.save(y, tmp_path / "perelem.onnx", [1, 5, 5, 5])
+    res = subprocess.run([EDGEQ, "build", str(path), "--board", "ultra96", "--out", str(tmp_path / "p"),
+                          "--n-vectors", "4"], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "varies within a channel" in lines[0], res.stderr
+    assert not (tmp_path / "p").exists()

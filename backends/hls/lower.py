@@ -462,7 +462,11 @@ class _Lowerer:
             else:
                 rest = chain
             v = v.reshape(v.shape + (1,) * (ndim - 1))
-            y = run_chain(g, rest, v).reshape(codes.shape)
+            y = run_chain(g, rest, v)
+            if y.size != codes.size:  # a constant that varies inside a channel: not per-channel thresholds
+                raise EdgeqError(f"{_node(chain[-1])}: the float glue before it has a constant that varies within a "
+                                 "channel (per-element); the FPGA needs per-channel BatchNorm/scale constants")
+            y = y.reshape(codes.shape)
             return qfmt.quantize_codes(y).astype(np.int64)
 
         size = hi - lo + 1
