@@ -205,35 +205,10 @@ def _check_int_bits(where: str, int_bits: Any, width: int) -> int:
 
 
 def _round_values(v: torch.Tensor, mode: str) -> torch.Tensor:
-    """Round ``v`` to integers with ``mode`` (exact; the torch twin of formats.round_float). Zeros are +0."""
-    if mode == "RND_CONV":
-        r = torch.round(v)  # half to even
-    elif mode == "TRN":
-        r = torch.floor(v)
-    elif mode == "CEIL":
-        r = torch.ceil(v)
-    elif mode == "TRN_ZERO":
-        r = torch.trunc(v)
-    else:
-        fl = torch.floor(v)
-        inexact = v != fl
-        # fl + 1/2 is exact whenever v is not an integer (see formats.round_float)
-        half = fl + 0.5
-        above, tie, neg = inexact & (v > half), inexact & (v == half), v < 0
-        if mode == "UP":
-            inc = inexact & ~neg
-        elif mode == "RND":
-            inc = above | tie
-        elif mode == "RND_MIN_INF":
-            inc = above
-        elif mode == "RND_ZERO":
-            inc = above | (tie & neg)
-        elif mode == "RND_INF":
-            inc = above | (tie & ~neg)
-        else:  # pragma: no cover - guarded by _check_rounding
-            raise ValueError(mode)
-        r = fl + inc.to(v.dtype)
-    return r + 0.0  # -0.0 + 0.0 == +0.0: codes never carry a sign on zero (FixedPoint's codes are ints)
+    """Round ``v`` to integers with ``mode``: :func:`edgeq.formats.round_float`, the one implementation of the
+    rounding rules, on the tensor's values (exact, float32 or float64). Zeros are +0."""
+    r = formats.round_float(v.detach().cpu().numpy(), mode)
+    return torch.from_numpy(np.ascontiguousarray(r)).to(device=v.device, dtype=v.dtype) + 0.0
 
 
 class _RoundSte(torch.autograd.Function):
@@ -253,9 +228,11 @@ class _WrapSte(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, lo, period):
-        r = torch.fmod(q, period)  # exact, |r| < period
-        r = torch.where(r < 0, r + period, r)  # [0, period)
-        return torch.where(r >= lo + period, r - period, r) + 0.0
+        # formats.overflow's WRAP (the one implementation) on the width whose range is [lo, lo + period)
+        lo, period = int(lo), int(period)  # Brevitas passes 0-d tensors
+        width = period.bit_length() - 1
+        r = formats.overflow(q.detach().cpu().numpy(), width, lo < 0, "WRAP", lo, lo + period - 1)
+        return torch.from_numpy(np.ascontiguousarray(r)).to(device=q.device, dtype=q.dtype) + 0.0
 
     @staticmethod
     def backward(ctx, g):
