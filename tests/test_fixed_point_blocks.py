@@ -171,7 +171,7 @@ def test_qfx_resblock_every_tensor_fixed_point_equals_brevitas_and_builds_bit_ex
 
 
 def _meta_model(tmp_path: Path, bipolar: bool, spec: dict) -> Path:
-    from test_mcu_edge_cases import Model, Q
+    from qonnx_builder import Model, Q
 
     m = Model([1, 8])
     if bipolar:
@@ -210,7 +210,7 @@ def test_partial_metadata_keeps_the_quantizers_other_modes(tmp_path):
 def test_fpga_refuses_per_element_glue_before_a_quantizer_in_one_line(tmp_path):
     """Binary conv -> Add of a (1, C, H, W) constant -> BipolarQuant: thresholds are per channel, so the FPGA
     refuses it (it used to crash with a reshape error); the MCU runs it as float32 glue."""
-    from test_mcu_edge_cases import Model, Q
+    from qonnx_builder import Model, Q
 
     rng = np.random.default_rng(3)
     m = Model([1, 3, 5, 5])
