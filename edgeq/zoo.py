@@ -212,16 +212,22 @@ def fixed_point_resblock(seed: int = 0, channels: int = 4, hw: int = 6):
             y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
             return self.out(y + x)
 
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = ResBlock()
+    return _calibrated_block(ResBlock(), seed, channels, hw, batches=5)
+
+
+def _calibrated_block(model: Any, seed: int, channels: int, hw: int, batches: int):
+    """Seeded BatchNorm scales and shifts, then ``batches`` training-mode batches that set every activation
+    quantizer's binary point; the model in eval mode and its input shape."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for bn in (model.bn1, model.bn2):
             bn.weight.copy_(torch.rand(channels, generator=gen) + 0.5)
             bn.bias.copy_(torch.rand(channels, generator=gen) - 0.5)
-    model.train()
-    with torch.no_grad():  # calibrate the activation quantizers' binary points
-        for _ in range(5):
+        model.train()
+        for _ in range(batches):
             model(torch.randn(8, channels, hw, hw, generator=gen))
     return model.eval(), (1, channels, hw, hw)
 
@@ -254,15 +260,5 @@ def qfx_resblock(seed: int = 0, channels: int = 4, hw: int = 6, width: int = 8):
             y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
             return self.add(y, x)
 
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = QFXResBlock()
-    with torch.no_grad():
-        for bn in (model.bn1, model.bn2):
-            bn.weight.copy_(torch.rand(channels, generator=gen) + 0.5)
-            bn.bias.copy_(torch.rand(channels, generator=gen) - 0.5)
-    model.train()
-    with torch.no_grad():  # the first training batch initialises every activation binary point
-        for _ in range(3):
-            model(torch.randn(8, channels, hw, hw, generator=gen))
-    return model.eval(), (1, channels, hw, hw)
+    return _calibrated_block(QFXResBlock(), seed, channels, hw, batches=3)
