@@ -48,3 +48,20 @@ def export(module: Any, example_input: Any, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         module.train(was_training)
     return path
+
+
+def save_onnx_atomic(proto: Any, path: str | os.PathLike) -> Path:
+    """Write an ONNX ModelProto to ``path`` through a temporary file and one rename (never a partial file)."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+    finally:
+        if Path(tmp).exists():
+            os.unlink(tmp)
+    return path

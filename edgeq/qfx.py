@@ -704,25 +704,20 @@ def export(model: nn.Module, example_input: Any, path: str | os.PathLike) -> Pat
     import onnx
 
     from edgeq.export import export as edgeq_export
+    from edgeq.export import save_onnx_atomic
 
     path = Path(path)
-    edgeq_export(model, example_input, path)
-    proto = onnx.load(str(path))
-    was_training = model.training
-    model.eval()
-    try:
-        annotate(proto, model)
-    finally:
-        model.train(was_training)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if Path(tmp).exists():
-            os.unlink(tmp)
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        raw = edgeq_export(model, example_input, Path(tmp) / "raw.onnx")  # the plain Brevitas export
+        proto = onnx.load(str(raw))
+        was_training = model.training
+        model.eval()
+        try:
+            annotate(proto, model)
+        finally:
+            model.train(was_training)
+        return save_onnx_atomic(proto, path)  # one rename: never a file without its metadata
 
 
 def read_metadata(model: Any) -> dict[str, Any] | None:
@@ -746,8 +741,8 @@ def QFXBatchNorm2d(num_features: int, width: int, *, bias_width: int | None = No
     """BatchNorm as a fixed-point per-channel scale and shift (Brevitas ``BatchNorm2dToQuantScaleBias``).
 
     The scale (gamma/sigma, folded) is ``width``-bit and the shift ``bias_width``-bit (default ``width``)
-    fixed point with learned binary points (per tensor, or per channel with ``per_channel=True``:
-    ``edgeq.load`` then keeps BatchNorm as float32 glue, exact but not fixed point); the output
+    fixed point with learned binary points (per tensor, or per channel with ``per_channel=True``; both load
+    as exact fixed point); the output
     is ``out_width``-bit (default ``width``) with a learned binary point (a QuantTensor unless
     ``return_quant_tensor=False``). A
     QuantTensor input is used by value (Brevitas' eval-mode QuantTensor arithmetic would insist
