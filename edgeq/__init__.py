@@ -21,9 +21,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # edgeq.qfx needs torch and Brevitas: import it only when asked for
-    if name == "qfx":
+    # edgeq.qfx and edgeq.ptq need torch and Brevitas: import them only when asked for
+    if name in ("qfx", "ptq"):
         import importlib
 
-        return importlib.import_module("edgeq.qfx")
+        return importlib.import_module(f"edgeq.{name}")
     raise AttributeError(f"module 'edgeq' has no attribute {name!r}")
