@@ -48,16 +48,9 @@ def _stderr_console():
 
 
 def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=p.parent)
-    os.close(fd)
-    try:
-        np.save(tmp, arr)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from edgeq.export import write_atomic
+
+    write_atomic(path, lambda tmp: np.save(tmp, arr), ".npy")
 
 
 def _write_dir_atomic(dest: str, files: dict[str, np.ndarray]) -> None:

@@ -50,18 +50,24 @@ def export(module: Any, example_input: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def save_onnx_atomic(proto: Any, path: str | os.PathLike) -> Path:
-    """Write an ONNX ModelProto to ``path`` through a temporary file and one rename (never a partial file)."""
-    import onnx
-
+def write_atomic(path: str | os.PathLike, write: Any, suffix: str = "") -> Path:
+    """Create ``path`` by ``write(tmp_name)`` on a temporary file next to it and one rename: a failed write
+    never leaves a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        onnx.save(proto, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if Path(tmp).exists():
             os.unlink(tmp)
     return path
+
+
+def save_onnx_atomic(proto: Any, path: str | os.PathLike) -> Path:
+    """Write an ONNX ModelProto to ``path`` atomically (:func:`write_atomic`)."""
+    import onnx
+
+    return write_atomic(path, lambda tmp: onnx.save(proto, tmp), ".onnx")
