@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeq.errors import EdgeqError
+from edgeq.formats import MiniFloat
 
 
 @contextlib.contextmanager
@@ -49,8 +50,12 @@ def default_vectors(n: int, shape: tuple[int, ...], seed: int, in_format=None) -
     shape = (n,) + tuple(shape)
     if in_format is None:
         return rng.uniform(0.0, 1.0, shape).astype(np.float32)
-    span = (in_format.max - in_format.min) * 0.05
-    return rng.uniform(in_format.min - span, in_format.max + span, shape).astype(np.float32)
+    lo, hi = in_format.min, in_format.max
+    if isinstance(in_format, MiniFloat):  # a minifloat's range is stated before its scale
+        s = float(max(in_format.scale))
+        lo, hi = lo * s, hi * s
+    span = (hi - lo) * 0.05
+    return rng.uniform(lo - span, hi + span, shape).astype(np.float32)
 
 
 def load_vectors(path: Path | None, n: int, shape: tuple[int, ...], seed: int, in_format=None) -> np.ndarray:

@@ -246,22 +246,30 @@ def trace_rows(design, names: dict[str, str], graph, emulated: dict[str, np.ndar
             if got.size != n * t.elements:
                 row["status"] = f"unreadable trace ({got.size} values, expected {n} x {t.elements})"
             else:
-                got = got.reshape(n, -1).astype(np.int64)
                 e = emulated[ir_layer.name].reshape(n, -1)
-                if e.dtype.kind == "i":  # raw int64 codes of a wide accumulator, in the IR format's lsb
-                    shift = t.format.frac_bits - graph.tensors[ir_layer.output].format.frac_bits
-                    want = e.astype(np.int64) << shift
+                if got.dtype.kind == "f":  # float32 values (a Rescale): compared as values, bit for bit
+                    got = got.reshape(n, -1)
+                    want = t.format.quantize_codes(e)
+                    bad = ~same_bits(got, want, signed_zero=False)
                 else:
-                    want = t.format.quantize_codes(e).astype(np.int64)
-                bad = got != want
+                    got = got.reshape(n, -1).astype(np.int64)
+                    if e.dtype.kind == "i":  # raw int64 codes of a wide accumulator, in the IR format's lsb
+                        shift = t.format.frac_bits - graph.tensors[ir_layer.output].format.frac_bits
+                        want = e.astype(np.int64) << shift
+                    else:
+                        want = t.format.quantize_codes(e).astype(np.int64)
+                    if hasattr(t.format, "ordinal"):  # minifloat bits: -0 and +0 are the same value (ordinal 0)
+                        bad = t.format.ordinal(got) != t.format.ordinal(want)
+                    else:
+                        bad = got != want
                 dv = np.abs(t.format.decode(got) - t.format.decode(want))
                 row.update({"status": "compared", "mismatching_elements": int(bad.sum()),
                             "mismatching_vectors": int(bad.any(axis=1).sum()),
                             "max_abs_diff": float(dv.max()) if dv.size else 0.0})
                 if bad.any():
                     s, e = (int(v) for v in np.argwhere(bad)[0])
-                    row["first"] = {"vector": s, "element": e, "csim_code": int(got[s, e]),
-                                    "emulator_code": int(want[s, e]),
+                    row["first"] = {"vector": s, "element": e, "csim_code": got[s, e].item(),
+                                    "emulator_code": want[s, e].item(),
                                     "csim_value": float(t.format.decode(got[s, e])),
                                     "emulator_value": float(t.format.decode(want[s, e])),
                                     "csim_bits": t.format.bit_string(got[s, e]),

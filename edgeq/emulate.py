@@ -26,7 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from edgeq.errors import EdgeqError
-from edgeq.formats import FixedPoint, Float16, Float32, Int, round_float
+from edgeq.formats import FixedPoint, Float16, Float32, Int, MiniFloat, round_float
 from edgeq.ingest import grid_of, is_power_of_two
 from edgeq.ir import Graph, Layer
 
@@ -90,11 +90,13 @@ def run_chain(graph: Graph, layers: list[Layer], x: np.ndarray) -> np.ndarray:
     """Run a chain of single-input layers on ``x`` (values of the first layer's input tensor).
 
     Used by backends to evaluate float glue exactly as :func:`emulate` does, e.g. on every code of
-    an accumulator to derive integer thresholds. Returns float64 values of the last output.
+    an accumulator to derive integer thresholds. Each layer takes the previous one's output, whatever its
+    input's name (a backend may take pools or flattens out of the chain). Returns float64 values of the last output.
     """
-    env = {layers[0].inputs[0]: x.astype(storage_dtype(graph.tensors[layers[0].inputs[0]].format), copy=False)}
+    y = x.astype(storage_dtype(graph.tensors[layers[0].inputs[0]].format), copy=False)
     for layer in layers:
-        env[layer.output] = step(graph, layer, env)
+        y = step(graph, layer, {layer.inputs[0]: y})
+    env = {layers[-1].output: y}
     return _values(graph.tensors[layers[-1].output].format, env[layers[-1].output]).astype(np.float64)
 
 
@@ -332,14 +334,37 @@ def _codes(values: np.ndarray, lsb: np.ndarray, dtype) -> np.ndarray:
     return np.rint(values.astype(np.float64) / lsb).astype(dtype)
 
 
+def grid_codes(fmt, values: np.ndarray, lsb: np.ndarray, dtype) -> np.ndarray:
+    """Exact integer codes of a MAC operand. A minifloat with a float32 scale is recovered on its grid
+    (``MiniFloat.step_codes``): ``values / lsb`` alone would be off for codes beyond ~2^22."""
+    if isinstance(fmt, MiniFloat) and not is_power_of_two(lsb):
+        return fmt.step_codes(values).astype(dtype)
+    return _codes(values, lsb, dtype)
+
+
+def rescale_factor(x_lsb: np.ndarray, w_lsb: np.ndarray) -> np.ndarray:
+    """The declared rescale of a MAC with non-power-of-two scales: ``m = f32(lsb_x * lsb_w)``, one rounding
+    (the float64 product of two float32 scales times powers of two is exact)."""
+    return (np.asarray(x_lsb, dtype=np.float64) * np.asarray(w_lsb, dtype=np.float64)).astype(_F32)
+
+
+def mac_rescale(acc: np.ndarray, m: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """The one implementation of the rescale contract: ``y = f32(f32(f64(A)) * m)``, then ``+ b`` in float32.
+
+    ``A`` is the exact integer accumulator. The FPGA kernel ``edgeq_rescale`` (hls_templates/edgeq_minifloat.h)
+    is the same three IEEE operations: ``(float)(double)A``, one float32 multiply, one float32 add."""
+    y = np.asarray(acc).astype(np.float64).astype(_F32) * np.asarray(m, dtype=_F32)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=_F32)
+    return y
+
+
 def _mac_output(graph: Graph, layer: Layer, acc: np.ndarray, out_lsb: np.ndarray, bias_codes, x_lsb, w_lsb_out):
     fmt = graph.tensors[layer.output].format
     if isinstance(fmt, Float32):
-        y = acc.astype(np.float64) * float(x_lsb) * w_lsb_out
-        y = y.astype(_F32)
-        if layer.bias is not None:
-            y = y + layer.bias.astype(_F32).reshape(w_lsb_out.shape if w_lsb_out.ndim else ())
-        return y.astype(np.float64)
+        shape = w_lsb_out.shape if w_lsb_out.ndim else ()
+        bias = layer.bias.reshape(shape) if layer.bias is not None else None
+        return mac_rescale(acc, rescale_factor(x_lsb, w_lsb_out), bias).astype(np.float64)
     if bias_codes is not None:
         acc = acc + bias_codes
     if storage_dtype(fmt) is np.int64:  # wide accumulator: keep exact codes in units of the format's lsb
@@ -384,8 +409,8 @@ def _dense(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
         return y + layer.bias.astype(_F32) if layer.bias is not None else y
     dtype = _ENGINE_DTYPE[layer.contract.engine]
     x_lsb, w_lsb = _lsbs(graph, layer)
-    xc = _codes(x, x_lsb, dtype)
-    wc = _codes(layer.weight, w_lsb, dtype)
+    xc = grid_codes(graph.tensors[layer.inputs[0]].format, x, x_lsb, dtype)
+    wc = grid_codes(layer.weight_format, layer.weight, w_lsb, dtype)
     acc = xc @ wc
     w_lsb_out = w_lsb[0]  # per output column
     out_lsb = float(x_lsb) * w_lsb_out
@@ -406,8 +431,8 @@ def _conv(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
         return y
     dtype = _ENGINE_DTYPE[layer.contract.engine]
     x_lsb, w_lsb = _lsbs(graph, layer)
-    xc = _codes(x, x_lsb, dtype)
-    wc = _codes(layer.weight, w_lsb, dtype)
+    xc = grid_codes(graph.tensors[layer.inputs[0]].format, x, x_lsb, dtype)
+    wc = grid_codes(layer.weight_format, layer.weight, w_lsb, dtype)
     cout = wc.shape[0]
     out = _ort_conv(layer, wc, xc) if dtype is np.float32 else _im2col_conv(xc, wc, a, dtype)
     w_lsb_out = w_lsb[:, 0, 0, 0].reshape(cout, 1, 1)

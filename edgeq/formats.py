@@ -520,6 +520,13 @@ class Int(NumFormat):
         codes *= self.scale_array(codes.ndim, work)  # (q - 0) * s, as QONNX computes it
         return codes.astype(dtype, copy=False)
 
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Values (float64) of integer codes, computed in float32 as :meth:`quantize` does."""
+        return self.dequantize(np.asarray(codes), np.float32).astype(np.float64)
+
+    def bit_string(self, code: int) -> str:
+        return format(int(code) & ((1 << self.width) - 1), f"0{self.width}b")
+
     def to_bits(self, x: np.ndarray) -> np.ndarray:
         codes = self.quantize_codes(x).astype(np.int64)
         if self.bipolar:
@@ -749,6 +756,54 @@ class MiniFloat(NumFormat):
             val = np.where((ef == top) & (mf == (1 << m) - 1), np.nan, val)
         return np.copysign(val, sign)  # also keeps the sign bit of NaN codes
 
+    # -- the accelerator's codes: FPGA designs keep a minifloat tensor as its sign|exponent|mantissa bits ------
+    @property
+    def step(self) -> float:
+        """The smallest subnormal step: every value is an integer multiple of ``step * scale``."""
+        return math.ldexp(1.0, self.min_normal_exponent - self.mantissa_bits)
+
+    @property
+    def magnitude_max(self) -> int:
+        """The largest magnitude bit pattern :meth:`quantize` produces: the largest finite value when
+        saturating, else the overflow code right above it (+inf, or the "fn" NaN code)."""
+        top = int(self.to_bits(np.float64(self.max)))
+        return top if self.saturating else top + 1
+
+    def quantize_codes(self, x: np.ndarray) -> np.ndarray:
+        """Bit patterns (int64) of the quantization of ``x``; the scale is divided out in x's dtype."""
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)
+        v = x if self.scale == (1.0,) else x / self.scale_array(x.ndim, x.dtype)
+        return self.to_bits(v).astype(np.int64)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Values (float64) of bit patterns, scaled in float32 exactly as :meth:`quantize` computes them."""
+        v = self.from_bits(codes)
+        if self.scale == (1.0,):
+            return v
+        return (v.astype(np.float32) * self.scale_array(v.ndim, np.float32)).astype(np.float64)
+
+    def bit_string(self, code: int) -> str:
+        return format(int(code) & ((1 << self.bits) - 1), f"0{self.bits}b")
+
+    def ordinal(self, bits: np.ndarray) -> np.ndarray:
+        """Bit patterns -> signed ordinals (+-magnitude bits), increasing with the value: the codes that
+        thresholds count (+0 and -0 are both 0; overflow codes sit beyond the largest finite value)."""
+        b = np.asarray(bits).astype(np.int64)
+        mag = b & ((1 << (self.bits - 1)) - 1)
+        return np.where(b >> (self.bits - 1) & 1, -mag, mag)
+
+    def step_codes(self, x: np.ndarray) -> np.ndarray:
+        """Exact integers ``value / (step * scale)`` (float64) of values already on this format's grid
+        (e.g. ``f32(q * scale)``): the grid value is recovered by rounding, then scaled by a power of two."""
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)
+        v = x if self.scale == (1.0,) else x / self.scale_array(x.ndim, x.dtype)
+        q = self.quantize_unscaled(v.astype(np.float64))
+        return np.ldexp(q, self.mantissa_bits - self.min_normal_exponent)
+
     def ctype(self, backend: str = "hls") -> str:
         if backend == "hls":
             return f"ap_uint<{self.bits}>"
@@ -876,6 +931,16 @@ class Float32(NumFormat):
 
     def from_bits(self, b: np.ndarray) -> np.ndarray:
         return np.asarray(b, dtype=np.uint32).view(np.float32).astype(np.float64)
+
+    # an accelerator tensor of float32 values (a rescaled accumulator) is its own code
+    def quantize_codes(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x).astype(np.float32)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return np.asarray(codes).astype(np.float32).astype(np.float64)
+
+    def bit_string(self, code: float) -> str:
+        return format(int(np.asarray(code, dtype=np.float32).view(np.uint32)), "032b")
 
     def ctype(self, backend: str = "hls") -> str:
         return "float"

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeq.emulate import emulate
 from edgeq.errors import EdgeqError
-from edgeq.formats import FixedPoint, format_from_dict
+from edgeq.formats import NumFormat, format_from_dict
 from edgeq.ir import Graph, load_graph, save_graph
 
 
@@ -27,8 +27,8 @@ class HostGlue:
 
     prefix: Graph
     tail: Graph
-    in_format: FixedPoint
-    out_format: FixedPoint
+    in_format: NumFormat  # FixedPoint, Int or MiniFloat: encode() gives its codes (quantize_codes)
+    out_format: NumFormat  # also Float32 (a rescaled float32 output): decode() gives the values
     in_dtype: str
     out_dtype: str
 
@@ -44,7 +44,9 @@ class HostGlue:
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Accelerator output codes (batch, elements) -> the model's decoded float outputs."""
-        codes = np.asarray(codes).astype(np.int64)
+        codes = np.asarray(codes)
+        if codes.dtype.kind in "iu":
+            codes = codes.astype(np.int64)
         shape = (len(codes),) + tuple(self.tail.input.shape)
         values = self.out_format.decode(codes).reshape(shape)
         return emulate(self.tail, values) if self.tail.layers else values.astype(np.float64)

@@ -701,7 +701,9 @@ class _Lowering:
             acc = FixedPoint(_bits_for(bound), _bits_for(bound), True)
             out_fmt = Float32()
             why = "non-power-of-two scales" if not exact_scales else "a float bias"
-            contract = Contract(accumulator=acc, rounding=f"once to float32 ({why}): y = f32(acc*s_x*s_w [+ b])",
+            contract = Contract(accumulator=acc,
+                                rounding=f"declared rescale ({why}): y = f32(f32(acc) * m[c]) [+ b in float32], "
+                                         "m[c] = f32(lsb_x * lsb_w[c])",
                                 order="integer accumulation is exact", engine=engine)
         attrs["macs"] = int(np.prod(self.shape(node.output[0]))) * k
         free = self.multiplier_free(node, w, wfmt)

@@ -2,6 +2,7 @@
 
 * :func:`bnn_pynq` -- FINN's TFC/SFC/LFC/CNV networks shipped in ``brevitas_examples.bnn_pynq``,
   with seeded weights and non-trivial BatchNorm statistics (no download).
+* :func:`minifloat_cnn` -- a digits CNN after minifloat or integer PTQ (:mod:`edgeq.ptq`), float32 scales.
 * :func:`fixed_point_cnn` -- a small Brevitas CNN with power-of-two (fixed-point) quantizers,
   BatchNorm, ReLU, a residual add, max pooling, a truncating average pool (AveragePool + Trunc)
   and a quantized bias.
@@ -262,3 +263,52 @@ def qfx_resblock(seed: int = 0, channels: int = 4, hw: int = 6, width: int = 8):
 
     torch.manual_seed(seed)
     return _calibrated_block(QFXResBlock(), seed, channels, hw, batches=3)
+
+
+def digits_cnn():
+    """(float model, example input): conv 1->16, conv 16->32 (each with BatchNorm, ReLU and 2x2 max pooling), then
+    linear 128->10, for scikit-learn's 8x8 digits (the model of ``bench/minifloat_dse.py``)."""
+    import torch
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(128, 10),
+    ), torch.zeros(1, 1, 8, 8)
+
+
+def train(net: Any, x: Any, y: Any, epochs: int, seed: int = 0, lr: float = 3e-3, batch: int = 64) -> Any:
+    """Train ``net`` with Adam on (x, y) numpy arrays (cross entropy, seeded shuffles); returns it in eval mode."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return net.eval()
+
+
+def minifloat_cnn(weights: str = "e2m1", acts: str = "e4m3", epochs: int = 3, seed: int = 0, calib_images: int = 512):
+    """(model, example input): :func:`digits_cnn` trained on digits for ``epochs``, then post-training quantized by
+    :func:`edgeq.ptq.quantize` to ``weights`` x ``acts`` (e.g. "e2m1" x "e4m3", or mixed "int8" x "e4m3") with
+    Brevitas' learned float32 scales (per-channel weights, BatchNorm merged, bias correction)."""
+    import torch
+
+    from edgeq import ptq
+    from edgeq.data import digits
+
+    x_tr, y_tr, _, _ = digits()
+    torch.manual_seed(seed)
+    net, example = digits_cnn()
+    train(net, x_tr, y_tr, epochs, seed)
+    calib = [torch.from_numpy(x_tr[i:i + 64]) for i in range(0, calib_images, 64)]
+    return ptq.quantize(net, calib, weights=weights, acts=acts), example

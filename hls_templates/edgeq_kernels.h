@@ -13,6 +13,8 @@
 
 #include <stdint.h>
 
+#include "edgeq_minifloat.h"
+
 // ---- One product term of a MAC ---------------------------------------------------------------
 // KD == 0: x * w[i], a multiplier. KD > 0: a multiplier-free layer (edgeq.qfx pow2 / K-hot weights): w holds KD
 // signed digits per weight, w[i*KD + j] = 0 (none) or +-(shift + 1), and the product is the sum of the shifted
@@ -31,10 +33,18 @@ static inline AT edgeq_product(XT x, const WT *w, int i) {
     return p;
 }
 
+// One term of a MAC: an operand with XE > 0 (WE > 0) is minifloat bits (edgeq_minifloat.h), else an integer code.
+template <typename AT, typename XT, typename WT, int KD, int XE, int XM, int WE, int WM>
+static inline AT edgeq_mac_term(XT x, const WT *w, int i) {
+#pragma HLS INLINE
+    if (KD > 0) return edgeq_product<AT, AT, WT, KD>(edgeq_mf_decode<AT, XE, XM>(x), w, i);
+    return edgeq_mf_product<AT, XE, XM, WE, WM>(x, w[i]);
+}
+
 // ---- Conv2d (NCHW codes, weights [COUT][CIN/G][KH][KW], each KD digits when KD > 0) -----------
 template <typename XT, typename WT, typename BT, typename AT, typename YT, int CIN, int H, int W, int COUT,
           int KH, int KW, int SH, int SW, int PT, int PL, int DH, int DW, int G, int OH, int OW, bool HAS_BIAS,
-          int KD = 0>
+          int KD = 0, int XE = 0, int XM = 0, int WE = 0, int WM = 0>
 void edgeq_conv2d(const XT x[CIN * H * W], const WT w[COUT * (CIN / G) * KH * KW * (KD > 0 ? KD : 1)],
                   const BT bias[COUT], YT y[COUT * OH * OW]) {
     const int CG = CIN / G, OG = COUT / G;
@@ -57,8 +67,8 @@ conv_co:
 #pragma HLS UNROLL
                             const int ih = oh * SH - PT + kh * DH, iw = ow * SW - PL + kw * DW;
                             if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                                acc += edgeq_product<AT, XT, WT, KD>(x[((g * CG + ci) * H + ih) * W + iw], w,
-                                                                     ((co * CG + ci) * KH + kh) * KW + kw);
+                                acc += edgeq_mac_term<AT, XT, WT, KD, XE, XM, WE, WM>(
+                                    x[((g * CG + ci) * H + ih) * W + iw], w, ((co * CG + ci) * KH + kh) * KW + kw);
                         }
                     }
                 }
@@ -70,7 +80,7 @@ conv_co:
 
 // ---- Dense: y[N] = x[K] . w[K][N] (+ bias); KD as for Conv2d ---------------------------------
 template <typename XT, typename WT, typename BT, typename AT, typename YT, int K, int N, int P, bool HAS_BIAS,
-          int KD = 0>
+          int KD = 0, int XE = 0, int XM = 0, int WE = 0, int WM = 0>
 void edgeq_dense(const XT x[K], const WT w[K * N * (KD > 0 ? KD : 1)], const BT bias[N], YT y[N]) {
 dense_n:
     for (int n = 0; n < N; n++) {
@@ -79,7 +89,7 @@ dense_n:
         for (int k = 0; k < K; k++) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS UNROLL factor = P
-            acc += edgeq_product<AT, XT, WT, KD>(x[k], w, k * N + n);
+            acc += edgeq_mac_term<AT, XT, WT, KD, XE, XM, WE, WM>(x[k], w, k * N + n);
         }
         y[n] = (YT)acc;
     }
@@ -88,7 +98,8 @@ dense_n:
 // ---- Threshold: y = base + #{k : s*x >= T[c][k]} (folded BatchNorm/activation + quantizer) ----
 // The thresholds of a channel are sorted, so the count is an upper bound: up to 15 levels it is a
 // row of parallel comparators; beyond, a binary search of LOG2 = ceil(log2(L+1)) comparisons.
-template <typename XT, typename TT, typename YT, int C, int HW, int L, int LOG2>
+// MFBITS > 0: the count is the signed ordinal of an output minifloat of MFBITS bits, written as its bits.
+template <typename XT, typename TT, typename YT, int C, int HW, int L, int LOG2, int MFBITS = 0>
 void edgeq_threshold(const XT x[C * HW], const TT thr[C * L], const int8_t sign[C], int base, YT y[C * HW]) {
 thr_c:
     for (int c = 0; c < C; c++) {
@@ -119,13 +130,15 @@ thr_c:
                     }
                 }
             }
-            y[c * HW + i] = (YT)(base + q);
+            y[c * HW + i] = MFBITS ? (YT)edgeq_mf_from_ordinal<(MFBITS > 0 ? MFBITS : 1)>(base + q) : (YT)(base + q);
         }
     }
 }
 
 // ---- MaxPool on codes (order-preserving): padding never wins ---------------------------------
-template <typename T, int C, int H, int W, int KH, int KW, int SH, int SW, int PT, int PL, int OH, int OW>
+// MFBITS > 0: minifloat bits, compared by their ordinals.
+template <typename T, int C, int H, int W, int KH, int KW, int SH, int SW, int PT, int PL, int OH, int OW,
+          int MFBITS = 0>
 void edgeq_maxpool(const T x[C * H * W], T y[C * OH * OW], T lowest) {
 mp_c:
     for (int c = 0; c < C; c++)
@@ -140,7 +153,10 @@ mp_c:
                         const int ih = oh * SH - PT + kh, iw = ow * SW - PL + kw;
                         if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
                             const T v = x[(c * H + ih) * W + iw];
-                            m = v > m ? v : m;
+                            const bool more = MFBITS ? edgeq_mf_ordinal<(MFBITS > 0 ? MFBITS : 1)>(v) >
+                                                           edgeq_mf_ordinal<(MFBITS > 0 ? MFBITS : 1)>(m)
+                                                     : v > m;
+                            m = more ? v : m;
                         }
                     }
                 y[(c * OH + oh) * OW + ow] = m;
@@ -163,11 +179,13 @@ sp_c:
 }
 
 // ---- Element-wise -----------------------------------------------------------------------------
-template <typename T, int N>
+// MFBITS > 0: minifloat bits; a negative value (sign bit set) becomes +0.
+template <typename T, int N, int MFBITS = 0>
 void edgeq_relu(const T x[N], T y[N]) {
     for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
-        y[i] = x[i] > 0 ? x[i] : (T)0;
+        const bool pos = MFBITS ? edgeq_mf_ordinal<(MFBITS > 0 ? MFBITS : 1)>(x[i]) > 0 : x[i] > 0;
+        y[i] = pos ? x[i] : (T)0;
     }
 }
 

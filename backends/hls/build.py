@@ -106,6 +106,7 @@ def step_lower(ctx: BuildContext) -> None:
 
 def cost_rows(design) -> list[dict]:
     """The per-layer description the cost model takes."""
+    from edgeq.backends.hls import cost
     from edgeq.backends.hls.cost import BINARY_OPS
 
     rows = []
@@ -118,8 +119,8 @@ def cost_rows(design) -> list[dict]:
             mst = lay.op.startswith("Mst")
             taps = int(np.prod(a["kernel_shape"])) if "kernel_shape" in a else 1
             rows.append({
-                "name": lay.name, "op": lay.op, "kernel": a["xnor_kernel"], "in_bits": x.format.width, "w_bits": 1,
-                "acc_bits": y.format.width, "out_bits": y.format.width, "macs": int(a.get("macs", 0)),
+                "name": lay.name, "op": lay.op, "kernel": a["xnor_kernel"], "in_bits": x.width, "w_bits": 1,
+                "acc_bits": y.width, "out_bits": y.width, "macs": int(a.get("macs", 0)),
                 "channels": cout, "k": k, "pixels": y.elements // cout, "in_elements": x.elements,
                 "out_elements": y.elements, "parallel": taps,
                 "xnor_bits": int(a["roots"]) * k + int(a["diff"]) if mst else cout * k,
@@ -142,14 +143,25 @@ def cost_rows(design) -> list[dict]:
             levels = int(thr.shape[1])
             parallel = levels if levels <= 15 else max(1, levels.bit_length())
         rows.append({
-            "name": lay.name, "op": lay.op, "in_bits": x.format.width,
-            "w_bits": int(lay.attrs.get("w_bits", 0)), "acc_bits": y.format.width if lay.op in ("Conv2d", "Dense")
-            else x.format.width, "out_bits": y.format.width, "macs": int(lay.attrs.get("macs", 0)),
+            "name": lay.name, "op": lay.op, "in_bits": x.width,
+            "w_bits": int(lay.attrs.get("w_bits", 0)), "acc_bits": y.width if lay.op in ("Conv2d", "Dense")
+            else x.width, "out_bits": y.width, "macs": int(lay.attrs.get("macs", 0)),
             "weights": int(w.size) if w is not None else 0,
             "weight_bits": int(w.size) * int(lay.attrs.get("w_bits", 0)) if w is not None else 0,
             "in_elements": x.elements, "out_elements": y.elements, "channels": y.shape[0] if y.shape else 1,
             "levels": int(thr.shape[1]) if thr is not None else 0, "parallel": parallel, "kernel": kernel,
         })
+        if lay.op in ("Conv2d", "Dense"):  # minifloat operands: the significand product and shift of cost.py
+            ir = design.graph.layers[[g.name for g in design.graph.layers].index(lay.ir_layers[-1])]
+            for key, fmt in (("in_minifloat", design.graph.tensors[ir.inputs[0]].format),
+                             ("w_minifloat", ir.weight_format)):
+                mf = cost.minifloat_operand(fmt)
+                if mf is not None:
+                    rows[-1][key] = mf
+        elif lay.op == "Rescale":
+            rows[-1].update(channels=int(lay.attrs["channels"]), has_bias="fbias" in lay.params, out_bits=32)
+        elif lay.op == "Decode":
+            rows[-1].update(exp_range=int(cost.minifloat_operand(x.format)["exp_range"]))
         if lay.attrs.get("shift_add"):  # multiplier-free: shifts and adds, no DSP (cost.multiplier_cost)
             rows[-1].update(shift_add=True, shift_terms=int(lay.attrs["kd"]))
         if lay.op == "ConstOp":
@@ -362,6 +374,13 @@ def write_reports(ctx: BuildContext) -> None:
         if lay.op in ("Conv2d", "Dense"):
             row["accumulator"] = str(y.format)
             row["weight_bits"] = int(lay.attrs.get("w_bits", 0))
+            mf = {k: f"e{v[0]}m{v[1]}" for k, v in (("input", lay.attrs.get("x_mf")), ("weights",
+                                                        lay.attrs.get("w_mf"))) if v and v[0]}
+            if mf:  # minifloat operands stay codes: decoded to fixed point, exact products (edgeq_minifloat.h)
+                row["minifloat_operands"] = mf
+            if lay.attrs.get("rescaled"):  # float32 scales factored out: exact accumulator, then a declared rescale
+                row["accumulator_bits"] = int(lay.attrs["acc_bits"])
+                row["accumulator_bound"] = "worst case n_x + n_w + ceil(log2 K) (exact in any order)"
             if lay.attrs.get("multiplier_free"):  # edgeq.qfx pow2 / K-hot weights: shift-add products, no DSP
                 row["multiplier_free"] = {**lay.attrs["multiplier_free"], "shift_add_terms": int(lay.attrs["kd"])}
         if "xnor_kernel" in lay.attrs:  # a binary layer: XNOR-popcount or MST-reordered (edgeq_xnor.h)
@@ -371,6 +390,9 @@ def write_reports(ctx: BuildContext) -> None:
             row["output_shift"] = int(lay.attrs["shift"])
             if "mst_stats" in lay.attrs:
                 row["mst"] = dict(lay.attrs["mst_stats"])
+        if lay.op == "Rescale":
+            row["contract"] = "y = f32(f32(A) * m[c])" + (" + b[c] (float32)" if "fbias" in lay.params else "") + \
+                ", m[c] = f32(lsb_x * lsb_w[c]); the emulator's mac_rescale"
         if lay.op == "Threshold":
             row["thresholds_per_channel"] = int(lay.attrs["levels"])
             row["thresholds_exhaustively_verified"] = bool(lay.attrs["exhaustive"])

@@ -61,6 +61,29 @@ than the ``Cout*K`` bits of the plain rows, and the BRAM estimate says so.
 * SumPool (add, keep): ``acc_bits`` LUT + ``acc_bits`` FF.
 * Add: ``max(in_bits, out_bits) + 1`` LUT + ``out_bits`` FF.
 
+**Minifloat products** (Conv2d/Dense rows with ``in_minifloat`` and/or ``w_minifloat``, each
+``{"exponent_bits": E, "mantissa_bits": M, "exp_range": r}`` from :func:`minifloat_operand`, with r = e_max - e_min):
+the datapath of ``hls_templates/edgeq_minifloat.h`` and of the paper, per lane (:func:`minifloat_product_cost`):
+
+* the **significand product** ``multiplier_cost(s_x, s_w)`` with s = M + 1 for a minifloat (the implicit bit
+  included, the sign kept apart) and the integer width for an integer operand;
+* the **implicit bit** (exponent field non-zero): 1 LUT per minifloat operand (2 beyond 6 exponent bits);
+* the **sign** XOR: 1 LUT (the conditional negation merges into the accumulator's add/sub);
+* the **exponent add** when both operands are minifloats and r_x + r_w > 0: ``max(E_x, E_w) + 1`` LUT and FF;
+* the **alignment shifter** when r = r_x + r_w > 0: the ``s_x + s_w``-bit product shifted by 0..r into
+  ``p = s_x + s_w + r`` bits, ``ceil(log2(r + 1))`` mux stages at two per LUT6: ``p * ceil(stages / 2)`` LUT, and
+  ``p`` FF for the pipeline register.
+
+``in_bits``/``w_bits`` stay the storage widths (1 + E + M) for the input buffer and the weight ROM.
+
+**Rescale** (the declared float32 rescale ``y = f32(f32(A) * m[c])`` ``(+ b[c])`` of an exact accumulator, one
+lane): an integer-to-float conversion (``in_bits`` LUT for the leading-zero count and ``in_bits *
+ceil(log2(in_bits) / 2)`` LUT for the normalising shifter, 32 FF), one float32 multiply ``FMUL_COST`` and, with
+``has_bias``, one float32 add ``FADD_COST``, plus the m and b ROMs (``channels`` x 32 bits each).
+
+**Decode** (minifloat bits to fixed-point codes, for Add/pools/thresholds on power-of-two minifloats), per lane:
+the shifter ``out_bits * ceil(log2(exp_range + 1) / 2)`` LUT + 1 LUT for the implicit bit, ``out_bits`` FF.
+
 **Control**: ``LAYER_CONTROL`` (60 LUT + 80 FF) per layer, for loop counters, address generation and handshake.
 Reshape is free: it only re-indexes a buffer.
 
@@ -135,7 +158,14 @@ TOP_OVERHEAD = {"dsp": 0, "lut": 2000, "ff": 2500, "bram36": 2.0}
 
 MAC_OPS = ("Conv2d", "Dense")
 BINARY_OPS = ("XnorDense", "XnorConv2d", "MstDense", "MstConv2d")
-OPS = MAC_OPS + BINARY_OPS + ("Threshold", "Cast", "MaxPool", "SumPool", "Relu", "Add", "ConstOp", "Reshape")
+OPS = MAC_OPS + BINARY_OPS + ("Threshold", "Cast", "MaxPool", "SumPool", "Relu", "Add", "ConstOp", "Reshape",
+                              "Rescale", "Decode")
+
+#: one float32 multiply as Vitis HLS binds it on DSP48E2 ("fmul", full-DSP core; assumed from the Floating-Point
+#: Operator data sheet PG060's order of magnitude, not measured here)
+FMUL_COST = {"dsp": 3, "lut": 80, "ff": 150}
+#: one float32 add ("fadd", full-DSP core; same remark)
+FADD_COST = {"dsp": 2, "lut": 200, "ff": 300}
 
 #: LUTs per XNOR+popcount input bit (the XNOR folds into the popcount tree's first compressor level)
 XNOR_LUT_PER_BIT = 1.0
@@ -191,6 +221,43 @@ def multiplier_cost(a: int, b: int, *, dsp_slice: str = "DSP48E2", shift_add: bo
     if impl == "dsp":
         return {"impl": impl, "dsp": dsp_tiles(a, b, dsp_slice), "lut": 0, "ff": 0}
     return {"impl": impl, "dsp": 0, "lut": a * b + a + b, "ff": a + b}  # fabric or shift
+
+
+def minifloat_operand(fmt: Any) -> dict[str, int] | None:
+    """The ``in_minifloat``/``w_minifloat`` row entry of a MAC operand format: None for integers and fixed point."""
+    from edgeq.formats import MiniFloat
+
+    if not isinstance(fmt, MiniFloat):
+        return None
+    r = int(math.floor(math.log2(fmt.max))) - fmt.min_normal_exponent
+    return {"exponent_bits": fmt.exponent_bits, "mantissa_bits": fmt.mantissa_bits, "exp_range": max(0, r)}
+
+
+def minifloat_product_cost(x_bits: int, w_bits: int, x_mf: dict | None, w_mf: dict | None, *,
+                           dsp_slice: str = "DSP48E2") -> dict[str, Any]:
+    """Resources of one product whose operands are minifloats (``x_mf``/``w_mf``, :func:`minifloat_operand`) or
+    integers of ``x_bits``/``w_bits``: the significand product, implicit bits, sign, exponent add and alignment
+    shifter of the module docstring, as :func:`multiplier_cost`'s dict."""
+    ops = [(mf["mantissa_bits"] + 1, mf["exp_range"], mf["exponent_bits"]) if mf else (bits, 0, 0)
+           for bits, mf in ((x_bits, x_mf), (w_bits, w_mf))]
+    (sx, rx, ex), (sw, rw, ew) = ops
+    core = multiplier_cost(sx, sw, dsp_slice=dsp_slice)
+    out = {"impl": core["impl"], "dsp": core["dsp"], "lut": core["lut"], "ff": core["ff"]}
+    if not (ex or ew):
+        return out
+    out["lut"] += sum(1 if e <= 6 else 2 for e in (ex, ew) if e)  # implicit bits
+    out["lut"] += 1  # sign XOR
+    r = rx + rw
+    if ex and ew and r > 0:  # the shift amount is the sum of both exponents
+        add = max(ex, ew) + 1
+        out["lut"] += add
+        out["ff"] += add
+    if r > 0:
+        width = sx + sw + r
+        stages = math.ceil(math.log2(r + 1))
+        out["lut"] += width * math.ceil(stages / 2)
+        out["ff"] += width
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- memories
@@ -286,13 +353,18 @@ def estimate_layer(layer: dict, *, dsp_slice: str = "DSP48E2") -> dict[str, Any]
         weights = _int(layer, "weights")
         if w_bits == 0 or weights == 0:
             raise EdgeqError(f"cost estimate: {op} layer '{name}' has no weights (weights={weights}, w_bits={w_bits})")
-        mul = multiplier_cost(in_bits, w_bits, dsp_slice=dsp_slice, shift_add=bool(layer.get("shift_add", False)),
-                              shift_terms=_int(layer, "shift_terms"))
+        x_mf, w_mf = layer.get("in_minifloat"), layer.get("w_minifloat")
+        if x_mf or w_mf:
+            mul = minifloat_product_cost(in_bits, w_bits, x_mf, w_mf, dsp_slice=dsp_slice)
+        else:
+            mul = multiplier_cost(in_bits, w_bits, dsp_slice=dsp_slice, shift_add=bool(layer.get("shift_add", False)),
+                                  shift_terms=_int(layer, "shift_terms"))
         out["dsp"] += lanes * mul["dsp"]
         out["lut"] += lanes * (mul["lut"] + acc_bits)
         out["ff"] += lanes * (mul["ff"] + acc_bits)
         kind = f"{mul['dsp']} {dsp_slice}" if mul["impl"] == "dsp" else f"{mul['impl']}, {mul['lut']} LUT"
-        notes.append(f"{lanes} x product {in_bits}x{w_bits} bit -> {kind}; {lanes} x {acc_bits}-bit accumulator")
+        what = "minifloat product (significands, shift)" if x_mf or w_mf else "product"
+        notes.append(f"{lanes} x {what} {in_bits}x{w_bits} bit -> {kind}; {lanes} x {acc_bits}-bit accumulator")
         rom = memory_cost(weights, w_bits, lanes)
         out["lut"] += rom["lut"]
         out["bram36"] += rom["bram36"]
@@ -300,6 +372,22 @@ def estimate_layer(layer: dict, *, dsp_slice: str = "DSP48E2") -> dict[str, Any]
         macs = _int(layer, "macs")
         if macs:
             notes.append(f"~{math.ceil(macs / lanes):,} cycles/sample for {macs:,} MACs")
+    elif op == "Rescale":  # int -> float32, one float32 multiply, one float32 add with a bias
+        conv_lut = in_bits + in_bits * math.ceil(math.log2(max(2, in_bits)) / 2)
+        parts = [FMUL_COST] + ([FADD_COST] if layer.get("has_bias") else [])
+        out["dsp"] += lanes * sum(p["dsp"] for p in parts)
+        out["lut"] += lanes * (conv_lut + sum(p["lut"] for p in parts))
+        out["ff"] += lanes * (32 + sum(p["ff"] for p in parts))
+        notes.append(f"{lanes} x (int{in_bits} -> float32, fmul" + (", fadd)" if layer.get("has_bias") else ")"))
+        roms = 2 if layer.get("has_bias") else 1
+        rom = memory_cost(_int(layer, "channels", 1), 32, 1)
+        out["lut"] += roms * rom["lut"]
+        out["bram36"] += roms * rom["bram36"]
+    elif op == "Decode":
+        stages = math.ceil(math.log2(_int(layer, "exp_range") + 1)) if _int(layer, "exp_range") else 0
+        out["lut"] += lanes * (out_bits * math.ceil(stages / 2) + 1)
+        out["ff"] += lanes * out_bits
+        notes.append(f"{lanes} x minifloat decode {in_bits} -> {out_bits} bit")
     elif op == "ConstOp" and layer.get("mul"):  # a fixed-point BatchNorm scale: one multiplier per lane
         mul = multiplier_cost(in_bits, w_bits, dsp_slice=dsp_slice, shift_add=bool(layer.get("shift_add", False)))
         out["dsp"] += lanes * mul["dsp"]

@@ -30,32 +30,43 @@ see ``hls_templates/edgeq_xnor.h`` for the tables.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edgeq import mst
-from edgeq.emulate import run_chain
+from edgeq.emulate import grid_codes, mac_rescale, rescale_factor, run_chain
 from edgeq.errors import EdgeqError
-from edgeq.formats import FixedPoint, Float32, Int, csd_digits
+from edgeq.formats import Binary, FixedPoint, Float32, Int, MiniFloat, NumFormat, csd_digits
 from edgeq.host import HostGlue
-from edgeq.ingest import exact_fixed, grid_of
+from edgeq.ingest import _bits_for, exact_fixed, grid_of, is_power_of_two
 from edgeq.ir import Graph, Layer
 
 #: element-wise float ops that may sit between an accumulator and a quantizer (all monotone per channel)
 GLUE_OPS = {"BatchNorm", "FloatOp", "Relu", "Clip"}
+#: ops inside float glue that move before the thresholds: max pools (they commute with the non-decreasing glue
+#: before them) and flattens (they commute with element-wise per-tensor glue)
+POOL_GLUE = {"MaxPool", "Reshape"}
 #: the largest number of (channel, code) evaluations for exhaustive threshold derivation
 EXHAUSTIVE_LIMIT = 1 << 23
 
 
 @dataclass
 class HwTensor:
-    """An accelerator tensor: per-sample shape and the fixed-point format of its integer codes."""
+    """An accelerator tensor: per-sample shape and the format its container holds.
+
+    ``format`` is a FixedPoint (integer codes, value = code * 2^-F), an Int with a float32 scale (integer codes,
+    value = f32(code * scale)), a MiniFloat (sign|exponent|mantissa bits, any float32 scale) or Float32 (values:
+    the output of a Rescale). With ``rescale`` set, the tensor is an exact integer accumulator A (``format`` is
+    FixedPoint(W, W)) whose values are ``emulate.mac_rescale(A, rescale["m"][c], rescale["bias"][c])``.
+    """
 
     name: str
     shape: tuple[int, ...]
-    format: FixedPoint
+    format: NumFormat
+    rescale: dict[str, Any] | None = None
 
     @property
     def elements(self) -> int:
@@ -68,6 +79,31 @@ class HwTensor:
     @property
     def dtype(self) -> str:
         return container(self.format)[1]
+
+    @property
+    def width(self) -> int:
+        """Bits of one stored element."""
+        return int(self.format.width if isinstance(self.format, (FixedPoint, Int)) else self.format.bits)
+
+    @property
+    def minifloat_bits(self) -> int:
+        """The MFBITS template argument of edgeq_kernels.h: the bit width of minifloat codes, else 0."""
+        return self.format.bits if isinstance(self.format, MiniFloat) else 0
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """The integer codes an integer tensor can hold (thresholds search this domain)."""
+        return int(self.format.code_min), int(self.format.code_max)
+
+    def values(self, codes: np.ndarray) -> np.ndarray:
+        """Float64 values of integer codes (a channel per column of ``codes``, shaped (D, C)), exactly as the
+        emulator holds them: codes * 2^-F, f32(code * scale), or the declared rescale of an accumulator."""
+        if self.rescale is not None:
+            m, b = self.rescale["m"], self.rescale["bias"]
+            return mac_rescale(codes, m, b).astype(np.float64)
+        if isinstance(self.format, FixedPoint):
+            return codes.astype(np.float64) * self.format.eps
+        return self.format.decode(codes)
 
 
 @dataclass
@@ -96,8 +132,12 @@ class HwDesign:
     ir_tensor: dict[str, str]
 
 
-def container(fmt: FixedPoint) -> tuple[str, str]:
-    """(C type, numpy dtype) of the integer codes of ``fmt``."""
+def container(fmt: NumFormat) -> tuple[str, str]:
+    """(C type, numpy dtype) of the codes of ``fmt`` (see :class:`HwTensor`)."""
+    if isinstance(fmt, Float32):
+        return "float", "float32"
+    if isinstance(fmt, Int):
+        fmt = FixedPoint(fmt.width, fmt.width, fmt.signed)
     try:
         ctype = fmt.ctype("c")  # the one choice of integer container, in formats
     except ValueError:
@@ -107,18 +147,6 @@ def container(fmt: FixedPoint) -> tuple[str, str]:
 
 def _node(layer: Layer) -> str:
     return f"node '{layer.source[0]}' ({layer.op})"
-
-
-def _fixed_or_refuse(graph: Graph, tensor: str, layer: Layer) -> FixedPoint:
-    fmt = graph.tensors[tensor].format
-    fx = exact_fixed(fmt)
-    if fx is None:
-        raise EdgeqError(
-            f"{_node(layer)}: tensor '{tensor}' has format {fmt}, which is not exact in fixed point "
-            "(non-power-of-two scale or zero point); the FPGA needs power-of-two scales: use Brevitas "
-            "FixedPoint quantizers (e.g. Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint)"
-        )
-    return fx
 
 
 def _codes(values: np.ndarray, lsb: np.ndarray) -> np.ndarray:
@@ -228,8 +256,8 @@ class _Lowerer:
         self.ir_tensor[ir_name] = ir_name
         return t
 
-    def add(self, op: str, ins: list[str], out: HwTensor, ir: list[Layer], **kw) -> HwLayer:
-        lay = HwLayer(ir[-1].name, op, list(ins), out.name,
+    def add(self, op: str, ins: list[str], out: HwTensor, ir: list[Layer], name: str | None = None, **kw) -> HwLayer:
+        lay = HwLayer(name or ir[-1].name, op, list(ins), out.name,
                       [s for x in ir for s in x.source], [x.name for x in ir], **kw)
         self.layers.append(lay)
         return lay
@@ -245,10 +273,11 @@ class _Lowerer:
             lay = body[i]
             if lay.op in ("Conv2d", "Dense"):
                 self.mac(lay)
-            elif lay.op in ("Quantize", "Trunc") or lay.op in GLUE_OPS and not self.is_exact(lay):
-                # Collect float glue up to the quantizer that ends it.
+            elif lay.op in ("Quantize", "Trunc") or lay.op in GLUE_OPS and not self.is_exact(lay) or \
+                    lay.op in POOL_GLUE and self.is_accumulator(lay.inputs[0]):
+                # Collect float glue (with max pools and flattens inside it) up to the quantizer that ends it.
                 j = i
-                while body[j].op in GLUE_OPS and not (body[j].op == "Relu" and self.is_exact(body[j])):
+                while body[j].op in GLUE_OPS | POOL_GLUE and not (body[j].op == "Relu" and self.is_exact(body[j])):
                     if consumers.get(body[j].output, 0) != 1 or j + 1 >= len(body):
                         raise EdgeqError(f"{_node(body[j])}: float32 result is used outside a "
                                          "BatchNorm/activation -> quantizer chain; the FPGA cannot compute it exactly")
@@ -288,39 +317,133 @@ class _Lowerer:
     def is_exact(self, lay: Layer) -> bool:
         return lay.inputs[0] in self.tensors and not isinstance(self.g.tensors[lay.output].format, Float32)
 
+    def is_accumulator(self, name: str) -> bool:
+        """A rescaled accumulator (its values are float32: what follows is float glue)."""
+        t = self.tensors.get(name)
+        return t is not None and t.rescale is not None
+
+    def fixed_in(self, name: str, lay: Layer) -> HwTensor:
+        """The input ``name`` of ``lay`` as fixed-point codes: minifloat bits with a power-of-two scale are decoded
+        once (a Decode layer); anything else that is not fixed point is refused, naming the layer."""
+        t = self.hw(name)
+        if isinstance(t.format, FixedPoint) and t.rescale is None:
+            return t
+        fx = exact_fixed(t.format) if isinstance(t.format, MiniFloat) else None
+        if fx is None:
+            raise EdgeqError(
+                f"{_node(lay)}: input '{name}' is {t.format if t.rescale is None else 'a float32-rescaled sum'}; "
+                f"the FPGA kernels cannot compute {lay.op} on it exactly (they need power-of-two scales here): "
+                "quantize both sides with power-of-two scales, or requantize before this layer")
+        key = name + "#fixed"
+        if key not in self.tensors:
+            d = HwTensor(key, t.shape, fx)
+            self.tensors[key] = d
+            self.ir_tensor[key] = self.ir_tensor.get(name, name)  # the same values, as fixed-point codes
+            self.add("Decode", [name], d, [lay], name=f"{lay.name}_decode_{len(self.layers)}",
+                     attrs={"E": t.format.exponent_bits, "M": t.format.mantissa_bits})
+        return self.tensors[key]
+
+    def rescale(self, acc: HwTensor, lay: Layer) -> HwTensor:
+        """The declared rescale of an exact accumulator into float32 values (``edgeq_rescale``)."""
+        out = HwTensor(acc.name + "#f32", acc.shape, Float32())
+        self.tensors[out.name] = out
+        self.ir_tensor[out.name] = acc.name  # equal to the emulator's float32 result
+        params = {"scale": acc.rescale["m"]}
+        if acc.rescale["bias"] is not None:
+            params["fbias"] = acc.rescale["bias"]
+        self.add("Rescale", [acc.name], out, [lay], name=f"{lay.name}_rescale",
+                 attrs={"channels": int(acc.shape[0]) if acc.shape else 1}, params=params)
+        return out
+
+    def operand(self, fmt: NumFormat, lay: Layer, what: str) -> dict[str, Any]:
+        """A MAC operand: its minifloat fields (E, M; E = 0 for integer codes), the fixed-point width n of every
+        decoded value (the paper's worst case), and the value of one decoded code (per tensor or per channel)."""
+        if isinstance(fmt, MiniFloat):
+            if not fmt.saturating:
+                raise EdgeqError(f"{_node(lay)}: {what} format {fmt} is not saturating, so it can hold inf/NaN, which "
+                                 "an exact fixed-point accumulation cannot represent; use a saturating FloatQuant")
+            lsb, big = grid_of(fmt)
+            return {"E": fmt.exponent_bits, "M": fmt.mantissa_bits, "n": _bits_for(big), "lsb": lsb}
+        if isinstance(fmt, Int) and fmt.has_zero_point:
+            raise EdgeqError(f"{_node(lay)}: {what} format {fmt} has a zero point; the FPGA kernels multiply "
+                             "symmetric codes only: quantize without a zero point")
+        g = grid_of(fmt)
+        if g is None:  # pragma: no cover - ingest accepts only formats with a grid
+            raise EdgeqError(f"{_node(lay)}: {what} format {fmt} has no exact integer grid")
+        lsb, big = g
+        if isinstance(fmt, Binary):
+            return {"E": 0, "M": 0, "n": 2, "lsb": lsb}
+        return {"E": 0, "M": 0, "n": _bits_for(big), "lsb": lsb}
+
     def mac(self, lay: Layer) -> None:
         if mst.xnor_refusal(self.g, lay) is None:
             self.xnor(lay)
             return
         x = self.hw(lay.inputs[0])
+        if x.rescale is not None or isinstance(x.format, Float32):  # pragma: no cover - ingest needs a quantizer
+            raise EdgeqError(f"{_node(lay)}: its input is not quantized")
+        xo = self.operand(x.format, lay, "input")
+        wfmt = lay.weight_format
+        wo = self.operand(wfmt, lay, "weight")
         out_fmt = self.g.tensors[lay.output].format
-        if not isinstance(out_fmt, FixedPoint):
-            raise EdgeqError(
-                f"{_node(lay)}: its result is {out_fmt} (non-power-of-two scales or a float bias), which is not "
-                "exact in fixed point; use Brevitas FixedPoint quantizers (e.g. Int8WeightPerTensorFixedPoint) "
-                "and an Int32Bias"
-            )
-        _fixed_or_refuse(self.g, lay.inputs[0], lay)
-        lsb_w, _ = grid_of(lay.weight_format)
-        wfix = exact_fixed(lay.weight_format) if np.asarray(lsb_w).size == 1 else None
-        lsb_w = np.broadcast_to(np.asarray(lsb_w, dtype=np.float64), lay.weight.shape)
-        finest = float(lsb_w.min())
-        if not np.all(np.frexp(lsb_w / finest)[0] == 0.5):
-            raise EdgeqError(f"{_node(lay)}: weight scales are not powers of two; use FixedPoint weight quantizers")
-        w_codes = _codes(lay.weight, finest)  # per-channel power-of-two scales folded into the codes
-        out_lsb = float(x.format.eps) * finest
+        attrs = dict(lay.attrs)
+        attrs.update(macs=lay.macs, x_mf=[xo["E"], xo["M"]], w_mf=[0, 0])
+        params: dict[str, np.ndarray] = {}
+        w_mf = isinstance(wfmt, MiniFloat) and (not isinstance(out_fmt, FixedPoint) or len(wfmt.scale) == 1)
+        if w_mf:  # weights stay minifloat bits; their (per-channel) scale is factored out of the sum
+            params["weight"] = wfmt.quantize_codes(lay.weight)
+            attrs.update(w_mf=[wo["E"], wo["M"]], w_bits=wfmt.bits, w_ctype=container(wfmt)[0])
+            w_units = grid_codes(wfmt, lay.weight, np.asarray(wo["lsb"]), np.float64)
+        if isinstance(out_fmt, FixedPoint):
+            self.exact_mac(lay, x, xo, wo, out_fmt, attrs, params, w_mf)
+            return
+        # Float32 result (non-power-of-two scales or a float bias): an exact integer accumulator A, then the
+        # declared rescale y = f32(f32(A) * m[c]) (+ b[c]) where the sum is requantized or leaves the accelerator.
+        if not w_mf:
+            w_units = grid_codes(wfmt, lay.weight, np.asarray(wo["lsb"]), np.float64)
+            params["weight"] = w_units.astype(np.int64)
+            attrs["w_bits"] = wfmt.width if isinstance(wfmt, (Int, FixedPoint)) else 2
+        k = int(np.prod(lay.weight.shape[1:])) if lay.op == "Conv2d" else int(lay.weight.shape[0])
+        # The paper's worst-case exact accumulator: n_x + n_w + ceil(log2 K) bits.
+        acc_bits = xo["n"] + wo["n"] + max(0, math.ceil(math.log2(k)))
+        if acc_bits > 64:
+            raise EdgeqError(f"{_node(lay)}: the exact accumulator of {x.format} x {wfmt} over K = {k} needs "
+                             f"{acc_bits} bits (> 64); use narrower minifloats (fewer exponent bits) on one side")
+        w_lsb = np.broadcast_to(np.asarray(wo["lsb"], dtype=np.float64), lay.weight.shape)
+        w_lsb_out = w_lsb[:, 0, 0, 0] if lay.op == "Conv2d" else w_lsb[0]
+        m = rescale_factor(np.asarray(xo["lsb"], dtype=np.float64), w_lsb_out)
+        bias = None if lay.bias is None else np.asarray(lay.bias, dtype=np.float32).reshape(-1)
+        acc = HwTensor(lay.output, tuple(self.g.tensors[lay.output].shape), FixedPoint(acc_bits, acc_bits, True),
+                       rescale={"m": m, "bias": bias})
+        self.tensors[acc.name] = acc  # no IR tensor holds A itself: not in ir_tensor
+        attrs.update(acc_bits=acc_bits, rescaled=True)
+        self.add(lay.op, [x.name], acc, [lay], attrs=attrs, params=params)
+
+    def exact_mac(self, lay: Layer, x: HwTensor, xo: dict, wo: dict, out_fmt: FixedPoint, attrs: dict,
+                  params: dict, w_mf: bool) -> None:
+        """Power-of-two scales throughout: the accumulator is the IR's exact FixedPoint result."""
+        if not is_power_of_two(xo["lsb"]) or np.asarray(xo["lsb"]).size != 1:  # pragma: no cover - ingest's rule
+            raise AssertionError(f"{lay.name}: exact MAC with a non-power-of-two input scale")
+        if w_mf:
+            finest = float(wo["lsb"])
+            w_codes = grid_codes(lay.weight_format, lay.weight, np.asarray(finest), np.float64).astype(np.int64)
+        else:
+            lsb_w = np.broadcast_to(np.asarray(wo["lsb"], dtype=np.float64), lay.weight.shape)
+            finest = float(lsb_w.min())
+            if not np.all(np.frexp(lsb_w / finest)[0] == 0.5):
+                raise EdgeqError(f"{_node(lay)}: weight scales are not powers of two; use FixedPoint weight quantizers")
+            w_codes = _codes(lay.weight, finest)  # per-channel power-of-two scales folded into the codes
+            params["weight"] = w_codes
+            wfix = exact_fixed(lay.weight_format) if np.asarray(wo["lsb"]).size == 1 else None
+            attrs["w_bits"] = wfix.width if wfix is not None else \
+                int(max(1, int(np.abs(w_codes).max())).bit_length() + 1) if w_codes.size else 1
+        out_lsb = float(xo["lsb"]) * finest
         if abs(np.frexp(out_lsb)[1] - 1 + out_fmt.frac_bits) > 0:
             raise AssertionError(f"{lay.name}: accumulator lsb mismatch")
-        params = {"weight": w_codes}
         if lay.bias is not None:
             params["bias"] = _codes(lay.bias, out_lsb)
-        w_bits = int(max(1, int(np.abs(w_codes).max())).bit_length() + 1) if w_codes.size else 1
-        if wfix is not None:
-            w_bits = wfix.width
         out = self.new_tensor(lay.output, out_fmt)
-        attrs = dict(lay.attrs)
-        attrs.update(w_bits=w_bits, macs=lay.macs)
-        if lay.attrs.get("multiplier_free"):  # shifts and adds (ingest checked the CSD digit count)
+        if lay.attrs.get("multiplier_free") and not w_mf:  # shifts and adds (ingest checked the CSD digit count)
             params["digits"] = shift_add_digits(w_codes)
             attrs.update(kd=int(params["digits"].shape[-1]), shift_add=True)
         self.add(lay.op, [x.name], out, [lay], attrs=attrs, params=params)
@@ -364,7 +487,7 @@ class _Lowerer:
     def const_op(self, lay: Layer) -> None:
         """An exact fixed-point multiply or add by a quantized constant (a fixed-point BatchNorm's scale or shift,
         ingest's ``_exact_scale_shift``): on codes, y = x * c, or y = sx * (x << SX) + sc * (c << SC)."""
-        x = self.hw(lay.inputs[0])
+        x = self.fixed_in(lay.inputs[0], lay)
         out = self.new_tensor(lay.output, self.g.tensors[lay.output].format)
         a = lay.attrs
         fn = a["fn"]
@@ -389,44 +512,89 @@ class _Lowerer:
         self.add("ConstOp", [x.name], out, [lay], attrs=attrs, params={"const": codes})
 
     def add_layer(self, lay: Layer) -> None:
-        a, b = (self.hw(t) for t in lay.inputs)
         out_fmt = self.g.tensors[lay.output].format
         if not isinstance(out_fmt, FixedPoint):
-            raise EdgeqError(f"{_node(lay)}: the inputs' scales do not align exactly in fixed point")
+            fa, fb = (self.g.tensors[t].format for t in lay.inputs)
+            raise EdgeqError(f"{_node(lay)}: adds {fa} and {fb}, whose scales do not align exactly in fixed point; "
+                             "the FPGA kernels cannot add them exactly: quantize both inputs with power-of-two scales")
+        a, b = (self.fixed_in(t, lay) for t in lay.inputs)
         out = self.new_tensor(lay.output, out_fmt)
         self.add("Add", [a.name, b.name], out, [lay],
                  attrs={"shift_a": out_fmt.frac_bits - a.format.frac_bits,
                         "shift_b": out_fmt.frac_bits - b.format.frac_bits})
 
     # -- requantization ---------------------------------------------------------------------------
-    def out_fixed(self, q: Layer) -> FixedPoint:
+    def out_format(self, q: Layer) -> NumFormat:
+        """The container format of a quantizer's output: fixed point for power-of-two grids, else minifloat bits
+        or integer codes with their float32 scale (per tensor, no zero point)."""
         fmt = self.g.tensors[q.output].format
+        if isinstance(fmt, MiniFloat):
+            if len(fmt.scale) != 1:
+                raise EdgeqError(f"{_node(q)}: quantizer format {fmt} has per-channel scales; the FPGA needs one scale "
+                                 "per activation tensor")
+            return fmt
         fx = exact_fixed(fmt)
-        if fx is None:
-            raise EdgeqError(
-                f"{_node(q)}: quantizer format {fmt} has a non-power-of-two scale; the FPGA needs fixed point: use "
-                "Brevitas FixedPoint quantizers (e.g. Int8ActPerTensorFixedPoint)"
-            )
-        return fx
+        if fx is not None:
+            return fx
+        if isinstance(fmt, Int) and len(fmt.scale) == 1 and not fmt.has_zero_point and not fmt.bipolar:
+            return fmt
+        raise EdgeqError(
+            f"{_node(q)}: quantizer format {fmt} has per-channel scales or a zero point; the FPGA needs one scale per "
+            "activation tensor and no zero point (e.g. Brevitas Int8ActPerTensorFloat or FixedPoint quantizers)"
+        )
 
     def requantize(self, chain: list[Layer]) -> None:
         x = self.hw(chain[0].inputs[0])
         q = chain[-1]
-        ofix = self.out_fixed(q)
+        ofmt = self.out_format(q)
         fmt = self.g.tensors[q.output].format
+        # Max pools inside the glue run first, on the exact codes: max commutes with the non-decreasing functions
+        # before it (the rescale, ReLU, Clip). Flattens go last: only the per-tensor quantizer may follow them.
+        moved = [lay for lay in chain if lay.op in POOL_GLUE]
+        glue = [lay for lay in chain if lay.op not in POOL_GLUE]
+        for idx, lay in enumerate(chain):
+            if lay.op == "MaxPool":
+                bad = next((p for p in chain[:idx] if p.op not in ("Relu", "Clip", "MaxPool")), None)
+                if bad is None and any(p.op == "Reshape" for p in chain[:idx]):
+                    bad = next(p for p in chain[:idx] if p.op == "Reshape")
+                if bad is not None:
+                    raise EdgeqError(f"{_node(lay)}: max pooling after {bad.op} ({bad.source[0]}) in float glue; the "
+                                     "FPGA pools the exact sum, which is only the same after ReLU/Clip: pool after "
+                                     "the quantizer or before the BatchNorm")
+                if x.rescale is not None and not np.all(x.rescale["m"] > 0):
+                    raise EdgeqError(f"{_node(lay)}: a negative scale before the max pool; it cannot pool the exact "
+                                     "sum")
+            if lay.op == "Reshape" and (chain[idx + 1:] != [q] or len(getattr(fmt, "scale", (1.0,))) != 1):
+                raise EdgeqError(f"{_node(lay)}: a flatten inside float glue must be followed directly by a per-tensor "
+                                 "quantizer on the FPGA")
+        for pool in (lay for lay in moved if lay.op == "MaxPool"):
+            shape = tuple(self.g.tensors[pool.output].shape)
+            t = HwTensor(pool.output + "#pooled", shape, x.format, x.rescale)
+            self.tensors[t.name] = t
+            self.add("MaxPool", [x.name], t, [pool], attrs=dict(pool.attrs))
+            x = t
+        flatten = next((lay for lay in moved if lay.op == "Reshape"), None)
+        if flatten is not None:
+            out = HwTensor(q.output + "#unflattened", x.shape, ofmt)
+            self.tensors[out.name] = out
+        else:
+            out = self.new_tensor(q.output, ofmt)
         direct = None
-        if len(chain) == 1 and q.op == "Quantize":
+        if len(glue) == 1 and q.op == "Quantize" and x.rescale is None and isinstance(x.format, FixedPoint):
             direct = fmt.as_fixed() if isinstance(fmt, Int) else fmt if isinstance(fmt, FixedPoint) else None
-        out = self.new_tensor(q.output, ofix)
         if direct is not None:
             # ap_fixed's own cast rule (e.g. AP_RND_CONV, AP_SAT) on the exact accumulator.
-            self.add("Cast", [x.name], out, chain, attrs={"cast_to": direct})
-            return
-        self.thresholds(x, chain, out, sum_count=None)
+            self.add("Cast", [x.name], out, glue, attrs={"cast_to": direct})
+        else:
+            if isinstance(x.format, MiniFloat):
+                x = self.fixed_in(x.name, glue[0])
+            self.thresholds(x, glue, out, sum_count=None)
+        if flatten is not None:
+            self.add("Reshape", [out.name], self.new_tensor(q.output, ofmt), [flatten], name=flatten.name)
 
     def avgpool(self, pool: Layer, chain: list[Layer]) -> None:
         a = pool.attrs
-        x = self.hw(pool.inputs[0])
+        x = self.fixed_in(pool.inputs[0], pool)
         if a.get("global"):
             kernel, strides, pads = list(x.shape[1:]), list(x.shape[1:]), [0, 0, 0, 0]
         else:
@@ -440,22 +608,26 @@ class _Lowerer:
         s = HwTensor(pool.output + "_sum", tuple(self.g.tensors[pool.output].shape), sum_fmt)
         self.tensors[s.name] = s
         self.add("SumPool", [x.name], s, [pool], attrs={"kernel": kernel, "strides": strides, "count": count})
-        out = self.new_tensor(chain[-1].output, self.out_fixed(chain[-1]))
+        out = self.new_tensor(chain[-1].output, self.out_format(chain[-1]))
         self.thresholds(s, [pool] + chain, out, sum_count=count)
 
     def thresholds(self, x: HwTensor, chain: list[Layer], out: HwTensor, sum_count: int | None) -> None:
-        """Integer thresholds reproducing ``chain`` (float glue -> quantizer) on every input code."""
+        """Integer thresholds reproducing ``chain`` (float glue -> quantizer) on every input code.
+
+        The input codes' values are :meth:`HwTensor.values` (codes * 2^-F, or the declared rescale of an
+        accumulator); the output counts :func:`levels` (integer codes, or a minifloat's signed ordinals, which the
+        kernel writes as bits). Levels no channel can leave (always or never reached) are dropped."""
         g = self.g
         channels = x.shape[0]
-        lo, hi = x.format.code_min, x.format.code_max
+        lo, hi = x.code_range
         qfmt = out.format
-        qmin, qmax = qfmt.code_min, qfmt.code_max
+        qmin, qmax = level_range(qfmt)
         levels = qmax - qmin
         ndim = len(g.tensors[chain[0].inputs[0]].shape)
 
         def f(codes: np.ndarray) -> np.ndarray:
-            """Output codes for input codes shaped (D, C)."""
-            v = codes.astype(np.float64) * x.format.eps
+            """Output levels for input codes shaped (D, C)."""
+            v = x.values(codes)
             if sum_count is not None:  # AvgPool: the exact window sum, divided in float32 as the emulator does
                 v = (v.astype(np.float32) / np.float32(sum_count)).astype(np.float64)
                 rest = chain[1:]
@@ -466,8 +638,7 @@ class _Lowerer:
             if y.size != codes.size:  # a constant that varies inside a channel: not per-channel thresholds
                 raise EdgeqError(f"{_node(chain[-1])}: the float glue before it has a constant that varies within a "
                                  "channel (per-element); the FPGA needs per-channel BatchNorm/scale constants")
-            y = y.reshape(codes.shape)
-            return qfmt.quantize_codes(y).astype(np.int64)
+            return level_codes(qfmt, y.reshape(codes.shape))
 
         size = hi - lo + 1
         if size * channels <= EXHAUSTIVE_LIMIT:
@@ -492,25 +663,49 @@ class _Lowerer:
                 idx = np.searchsorted(col, qmin + np.arange(1, levels + 1), side="left")
                 thr[c] = np.where(idx < size, keys[np.minimum(idx, size - 1)], keys[-1] + 1)
             exhaustive = True
-        else:  # binary search over the code domain, relying on monotone glue (checked at the ends)
+        else:  # binary search over the code domain, all levels at once, relying on monotone glue (ends checked)
             ends = f(np.array([[lo] * channels, [hi] * channels], dtype=np.int64))
             sign = np.where(ends[1] >= ends[0], 1, -1)
-            thr = np.empty((channels, levels), dtype=np.int64)
-            for k in range(1, levels + 1):
-                a = np.where(sign > 0, lo, -hi).astype(np.int64)
-                b = np.where(sign > 0, hi, -lo).astype(np.int64) + 1
-                while np.any(b - a > 0):
-                    mid = (a + b) // 2
-                    ok = f((mid * sign)[None, :])[0] >= qmin + k
-                    b = np.where(ok, mid, b)
-                    a = np.where(ok, a, mid + 1)
-                    a = np.minimum(a, b)
-                thr[:, k - 1] = a
+            want = qmin + np.arange(1, levels + 1, dtype=np.int64)[:, None]  # (levels, 1)
+            a = np.broadcast_to(np.where(sign > 0, lo, -hi).astype(np.int64), (levels, channels)).copy()
+            b = np.broadcast_to(np.where(sign > 0, hi, -lo).astype(np.int64) + 1, (levels, channels)).copy()
+            while np.any(b > a):
+                mid = a + (b - a) // 2
+                ok = f(mid * sign) >= want
+                b = np.where(ok, mid, b)
+                a = np.where(ok, a, mid + 1)
+                a = np.minimum(a, b)
+            thr = np.ascontiguousarray(a.T)
             exhaustive = False
-        base = qmin
+        # Drop the levels every channel always reaches (their count is constant) or never reaches.
+        start = np.where(sign > 0, lo, -hi)[:, None]
+        end = np.where(sign > 0, hi, -lo)[:, None]
+        always = np.all(thr <= start, axis=0)
+        never = np.all(thr > end, axis=0)
+        first = int(np.argmin(always)) if not always.all() else levels
+        last = levels - (int(np.argmin(never[::-1])) if not never.all() else levels)
+        first = min(first, max(0, last - 1))
+        last = max(last, first + 1)
+        thr = thr[:, first:last]
         self.add("Threshold", [x.name], out, chain,
-                 attrs={"levels": levels, "base": base, "exhaustive": exhaustive, "domain": [lo, hi]},
+                 attrs={"levels": int(thr.shape[1]), "base": int(qmin + first), "exhaustive": exhaustive,
+                        "domain": [lo, hi], "minifloat_bits": out.minifloat_bits},
                  params={"thresholds": thr, "sign": sign.astype(np.int64)})
+
+
+def level_range(fmt: NumFormat) -> tuple[int, int]:
+    """The output levels a Threshold layer counts into ``fmt``: its integer codes, or a minifloat's signed ordinals
+    (-magnitude_max .. magnitude_max; the ends are +-inf or NaN for a non-saturating format)."""
+    if isinstance(fmt, MiniFloat):
+        return -fmt.magnitude_max, fmt.magnitude_max
+    return int(fmt.code_min), int(fmt.code_max)
+
+
+def level_codes(fmt: NumFormat, y: np.ndarray) -> np.ndarray:
+    """The levels of quantized values ``y`` (see :func:`level_range`)."""
+    if isinstance(fmt, MiniFloat):
+        return fmt.ordinal(fmt.quantize_codes(y))
+    return fmt.quantize_codes(y).astype(np.int64)
 
 
 def shift_add_digits(codes: np.ndarray) -> np.ndarray:
@@ -534,12 +729,9 @@ def lower(graph: Graph, parallel: int = 8, trees: dict | None = None) -> HwDesig
     """
     prefix, body, tail = split(graph)
     inq = prefix[-1]
-    in_fix = exact_fixed(graph.tensors[inq.output].format)
-    if in_fix is None:
-        raise EdgeqError(f"{_node(inq)}: input quantizer format {graph.tensors[inq.output].format} is not exact in "
-                         "fixed point; use a FixedPoint input quantizer (e.g. Int8ActPerTensorFixedPoint)")
     low = _Lowerer(graph, parallel, trees)
-    low.new_tensor(inq.output, in_fix)
+    in_fmt = low.out_format(inq)
+    low.new_tensor(inq.output, in_fmt)
     low.run(body, inq.output)
     lowered = {lay.name for lay in low.layers if lay.op.startswith("Mst")}
     missing = sorted(set(low.trees) - lowered)
@@ -548,10 +740,12 @@ def lower(graph: Graph, parallel: int = 8, trees: dict | None = None) -> HwDesig
                          "accelerator")
     last = body[-1].output
     out_t = low.hw(last)
+    if out_t.rescale is not None:  # a float32 result leaves the accelerator through the declared rescale
+        out_t = low.rescale(out_t, body[-1])
     glue = HostGlue(
         prefix=_subgraph(graph, prefix, graph.inputs[0], "prefix"),
         tail=_subgraph(graph, tail, last, "tail"),
-        in_format=in_fix, out_format=out_t.format,
-        in_dtype=container(in_fix)[1], out_dtype=out_t.dtype,
+        in_format=in_fmt, out_format=out_t.format,
+        in_dtype=container(in_fmt)[1], out_dtype=out_t.dtype,
     )
     return HwDesign(graph, low.tensors, low.layers, inq.output, out_t.name, glue, low.ir_tensor)

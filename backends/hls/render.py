@@ -71,6 +71,14 @@ def _array(ctype: str, name: str, a: np.ndarray) -> str:
     return f"static const {ctype} {name}[{flat.size}] = {{\n" + "\n".join(lines).rstrip(",") + "\n};\n"
 
 
+def _float_array(name: str, a: np.ndarray) -> str:
+    """A float array definition; every literal is the shortest decimal that reads back as the same float32."""
+    flat = np.asarray(a, dtype=np.float32).ravel()
+    vals = [np.format_float_scientific(v, unique=True) + "f" for v in flat]
+    lines = [", ".join(vals[i : i + 6]) for i in range(0, len(vals), 6)]
+    return f"static const float {name}[{flat.size}] = {{\n" + ",\n".join(lines) + "\n};\n"
+
+
 def _word_array(name: str, a: np.ndarray) -> str:
     """A uint64 (edgeq_word_t) array definition in hex, 4 words a line; an empty array gets one 0 word."""
     flat = np.asarray(a, dtype=np.uint64).ravel()
@@ -108,7 +116,7 @@ class Renderer:
         (hls / "weights").mkdir(parents=True, exist_ok=True)
         (hls / "tb").mkdir(parents=True, exist_ok=True)
         templates = resources.files("edgeq.hls_templates")
-        for f in ("edgeq_kernels.h", "edgeq_cast.h", "edgeq_xnor.h"):
+        for f in ("edgeq_kernels.h", "edgeq_cast.h", "edgeq_xnor.h", "edgeq_minifloat.h"):
             (hls / f).write_text(templates.joinpath(f).read_text())
         shutil.copytree(ap_types_dir(), hls / "ap_types", dirs_exist_ok=True)
         (hls / "edgeq_types.h").write_text(self.types_h())
@@ -127,7 +135,7 @@ class Renderer:
         (hls / "tb" / "tb_edgeq.cpp").write_text(self.tb_cpp())
         sources.insert(0, f"hls/{TOP}.cpp")
         headers = ["hls/edgeq_types.h", "hls/edgeq_layers.h", f"hls/{TOP}.h", "hls/edgeq_kernels.h", "hls/edgeq_cast.h",
-                   "hls/edgeq_xnor.h", *weight_headers]
+                   "hls/edgeq_xnor.h", "hls/edgeq_minifloat.h", *weight_headers]
         return {"sources": sources, "headers": headers, "testbench": "hls/tb/tb_edgeq.cpp",
                 "include_dirs": ["hls", "hls/ap_types", "hls/weights"]}
 
@@ -165,7 +173,11 @@ class Renderer:
             elif key == "sign":
                 parts.append(_array("int8_t", f"{name}_sign", a))
             elif key == "thresholds":
-                parts.append(_array(_thr_type(a, self.t(lay.inputs[0]).format.width), f"{name}_thresholds", a))
+                parts.append(_array(_thr_type(a, self.t(lay.inputs[0]).width), f"{name}_thresholds", a))
+            elif np.asarray(a).dtype == np.float32:  # a Rescale's float32 constants
+                parts.append(_float_array(f"{name}_{key}", a))
+            elif key == "weight" and "w_ctype" in lay.attrs:  # minifloat weights: their bits
+                parts.append(_array(lay.attrs["w_ctype"], f"{name}_weight", a))
             else:
                 parts.append(_array(_param_type(lay, key), f"{name}_{key}", a))
         if not parts:
@@ -203,7 +215,15 @@ class Renderer:
         """(bias type, weight type, weight array, KD) of a MAC layer: codes, or shift-add digits (KD > 0)."""
         if "digits" in lay.params:
             return _param_type(lay, "bias"), "int8_t", f"{name}_digits", int(lay.attrs["kd"])
-        return _param_type(lay, "bias"), _param_type(lay, "weight"), f"{name}_weight", 0
+        wt = lay.attrs.get("w_ctype") or _param_type(lay, "weight")
+        return _param_type(lay, "bias"), wt, f"{name}_weight", 0
+
+    @staticmethod
+    def _mf_args(lay: HwLayer) -> str:
+        """The XE, XM, WE, WM template arguments: minifloat fields of the input and the weights (0 = integer)."""
+        xe, xm = lay.attrs.get("x_mf", (0, 0))
+        we, wm = lay.attrs.get("w_mf", (0, 0))
+        return f"{xe}, {xm}, {we}, {wm}"
 
     def layer_cpp(self, lay: HwLayer, has_weights: bool) -> str:
         name = self.lname[lay.name]
@@ -225,7 +245,7 @@ class Renderer:
             bt, wt, warr, kd = self._weights(lay, name)
             body = (f"    edgeq_conv2d<{xt}, {wt}, {bt}, {self._acc_type(lay)}, {yt}, {cin}, {h}, {w}, {cout}, "
                     f"{kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, {a['group']}, {oh}, {ow}, {str(has_b).lower()}, "
-                    f"{kd}>(x0, {warr}, {bias}, y);")
+                    f"{kd}, {self._mf_args(lay)}>(x0, {warr}, {bias}, y);")
         elif lay.op == "Dense":
             k, n = lay.params["weight"].shape
             has_b = "bias" in lay.params
@@ -233,7 +253,7 @@ class Renderer:
             bt, wt, warr, kd = self._weights(lay, name)
             p = max(1, min(k, 8))
             body = (f"    edgeq_dense<{xt}, {wt}, {bt}, {self._acc_type(lay)}, {yt}, {k}, {n}, {p}, "
-                    f"{str(has_b).lower()}, {kd}>(x0, {warr}, {bias}, y);")
+                    f"{str(has_b).lower()}, {kd}, {self._mf_args(lay)}>(x0, {warr}, {bias}, y);")
         elif lay.op in BINARY_OPS:
             inc.append('#include "edgeq_xnor.h"')
             body = self.binary_body(lay, name, xt, yt)
@@ -241,9 +261,9 @@ class Renderer:
             thr = lay.params["thresholds"]
             c = thr.shape[0]
             hw = x.elements // c
-            tt = _thr_type(thr, x.format.width)
+            tt = _thr_type(thr, x.width)
             log2 = max(1, int(a["levels"]).bit_length())
-            body = (f"    edgeq_threshold<{xt}, {tt}, {yt}, {c}, {hw}, {a['levels']}, {log2}>"
+            body = (f"    edgeq_threshold<{xt}, {tt}, {yt}, {c}, {hw}, {a['levels']}, {log2}, {y.minifloat_bits}>"
                     f"(x0, {name}_thresholds, {name}_sign, {a['base']}, y);")
         elif lay.op == "Cast":
             fx_in: FixedPoint = x.format
@@ -257,15 +277,25 @@ class Renderer:
             c, h, w = x.shape
             _, oh, ow = y.shape
             (kh, kw), (sh, sw), (pt, pl, _, _) = a["kernel"], a["strides"], a["pads"]
-            body = (f"    edgeq_maxpool<{xt}, {c}, {h}, {w}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {oh}, {ow}>"
-                    f"(x0, y, ({xt}){x.format.code_min});")
+            lowest = x.code_range[0] if not x.minifloat_bits else \
+                int(x.format.to_bits(-np.inf if not x.format.saturating else -x.format.max))
+            body = (f"    edgeq_maxpool<{xt}, {c}, {h}, {w}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {oh}, {ow}, "
+                    f"{x.minifloat_bits}>(x0, y, ({xt}){lowest});")
         elif lay.op == "SumPool":
             c, h, w = x.shape
             _, oh, ow = y.shape
             (kh, kw), (sh, sw) = a["kernel"], a["strides"]
             body = f"    edgeq_sumpool<{xt}, {yt}, {c}, {h}, {w}, {kh}, {kw}, {sh}, {sw}, {oh}, {ow}>(x0, y);"
         elif lay.op == "Relu":
-            body = f"    edgeq_relu<{xt}, {x.elements}>(x0, y);"
+            body = f"    edgeq_relu<{xt}, {x.elements}, {x.minifloat_bits}>(x0, y);"
+        elif lay.op == "Decode":
+            body = f"    edgeq_mf_decode_layer<{xt}, {yt}, {a['E']}, {a['M']}, {x.elements}>(x0, y);"
+        elif lay.op == "Rescale":
+            c = a["channels"]
+            has_b = "fbias" in lay.params
+            bias = f"{name}_fbias" if has_b else f"{name}_scale"
+            body = (f"    edgeq_rescale<{xt}, {c}, {x.elements // c}, {str(has_b).lower()}>"
+                    f"(x0, {name}_scale, {bias}, y);")
         elif lay.op == "Reshape":
             body = f"    edgeq_copy<{xt}, {x.elements}>(x0, y);"
         elif lay.op == "ConstOp":
@@ -387,7 +417,7 @@ def render(design: HwDesign, root: Path, n_vectors: int = 64) -> dict[str, list[
     """Write the HLS sources into ``root``; returns the build.json ``hls`` section (paths relative to root)."""
     r = Renderer(design, n_vectors)
     info = r.write(root)
-    info["cflags"] = ["-O2", "-std=c++14"]
+    info["cflags"] = ["-O2", "-std=c++14", "-ffp-contract=off"]  # the declared float32 rescale: no fused ops
     info["layer_names"] = {lay.name: r.lname[lay.name] for lay in design.layers}
     return info
 
