@@ -4,7 +4,8 @@
 
 The design-space exploration of "Post-Training Quantization with Low-precision Minifloats and Integers on
 FPGAs" (Aggarwal et al., FPL 2024), on edgeq. A float CNN is trained here (default: conv 1->16, conv 16->32,
-each with BatchNorm, ReLU and 2x2 max pooling, then linear 128->10, on scikit-learn's digits, 15 epochs, ~2 s),
+each with BatchNorm, ReLU and 2x2 max pooling, then linear 128->10: ``edgeq.zoo.digits_cnn``, on scikit-learn's
+digits, 15 epochs, ~2 s),
 then for every (weights, activations) pair of the grid below it is quantized with :func:`edgeq.ptq.quantize`
 (weight equalization, BatchNorm merged, calibration on 512 training images, bias correction, per-channel
 weight scales, float32 scales), exported to QONNX with :func:`edgeq.ptq.export`, and
@@ -49,7 +50,8 @@ For a MAC lane with operand formats A (activation) and W (weight), let, for each
   of the smallest subnormal: e4m3 OCP 19, e2m1 5, e5m2 OCP 33).
 
 The product of two minifloats is the exact product of their significands shifted by the sum of their
-exponents (the paper's view). Per lane:
+exponents (the paper's view, and the datapath ``edgeq build`` generates: hls_templates/edgeq_minifloat.h).
+Per lane (``cost.minifloat_product_cost``, the same model ``edgeq build`` reports):
 
 * **significand product** ``multiplier_cost(s_A, s_W)`` of cost.py (LUT ``a*b + a + b``, or DSPs above its
   10-bit / 40-partial-product line; an int x int layer is exactly cost.py's integer product);
@@ -76,8 +78,9 @@ quantization often remains the Pareto-optimal option"), and writes ``DIR/miniflo
 
 A model whose accumulator could exceed 2^62 (e5m2 x e5m2: n = 33 + 33 + ceil(log2 K) bits) is refused by
 ``edgeq.load`` (the emulator's exact engines stop at int64); such pairs are listed with their cost and no
-accuracy. As a spot check the script builds one power-of-two-scaled model (e2m1 weights, e3m2 activations)
-with ``edgeq build --board ultra96`` and prints its csim mismatches over the test images.
+accuracy. As a spot check the script builds a minifloat model (e2m1 weights, e4m3 activations) and a mixed one
+(int8 weights, e4m3 activations), both with their float32 PTQ scales, with ``edgeq build --board ultra96`` and
+prints their csim mismatches over the test images.
 
 ``--model cnv``: FINN's CNV topology (bnn_pynq, 6 conv + 3 linear layers, 59 M MACs) as a float network with
 BatchNorm, trained here on the digits images scaled to 3 x 32 x 32 (4 epochs, ~12 s). Each of its models takes
@@ -120,22 +123,11 @@ GRID = {
     8: ["int8", "e4m3", "e5m2"],
 }
 QUICK = ["int4", "int8", "e2m1", "e4m3"]
-SPOT_CHECK = ("e2m1", "e3m2")
+SPOT_CHECK = (("e2m1", "e4m3"), ("int8", "e4m3"))  # a minifloat and a mixed model, built for Ultra96
 CALIB_IMAGES = 512
 
 
 # ---------------------------------------------------------------------------------------------- models
-
-
-def digits_cnn():
-    import torch
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(128, 10),
-    ), torch.zeros(1, 1, 8, 8)
 
 
 def cnv_float():
@@ -165,69 +157,31 @@ def data(model: str):
 
 
 def train(model: str, x, y, epochs: int, seed: int):
+    """The float model (edgeq.zoo.digits_cnn, or :func:`cnv_float`) trained on (x, y) with edgeq.zoo.train."""
     import torch
-    from torch import nn
+
+    from edgeq import zoo
 
     torch.manual_seed(seed)
-    net, example = digits_cnn() if model == "digits" else cnv_float()
-    opt = torch.optim.Adam(net.parameters(), 3e-3 if model == "digits" else 1e-3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt))
-        for i in range(0, len(xt), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return net.eval(), example
+    net, example = zoo.digits_cnn() if model == "digits" else cnv_float()
+    return zoo.train(net, x, y, epochs, lr=3e-3 if model == "digits" else 1e-3), example
 
 
 # ---------------------------------------------------------------------------------------------- cost
 
 
-@dataclass(frozen=True)
-class Operand:
-    """A MAC operand as the hardware sees it (module docstring: s, r, n)."""
+def fixed_width(fmt) -> int:
+    """n: the two's-complement fixed-point width of every value of an operand (module docstring)."""
+    from edgeq.backends.hls.cost import minifloat_operand
 
-    storage: int  # bits in memory
-    sig: int  # significand bits (integers: the whole value)
-    shift: int  # exponent range r = e_max - e_min (0 for integers)
-    fixed: int  # two's-complement fixed-point width of every value (sign included)
-    exponent_bits: int  # 0 for integers
-
-
-def operand(fmt) -> Operand:
-    if isinstance(fmt, Int):
-        return Operand(fmt.width, fmt.width, 0, fmt.width + (0 if fmt.signed else 1), 0)
-    if isinstance(fmt, MiniFloat):
-        m = fmt.mantissa_bits
-        r = int(math.floor(math.log2(fmt.max))) - fmt.min_normal_exponent
-        return Operand(fmt.bits, m + 1, r, m + 2 + r, fmt.exponent_bits)
-    raise EdgeqError(f"no MAC operand model for format {fmt}")
+    mf = minifloat_operand(fmt)
+    if mf is None:
+        return fmt.width + (0 if fmt.signed else 1)
+    return mf["mantissa_bits"] + 2 + mf["exp_range"]
 
 
-def product_cost(a: Operand, w: Operand, dsp_slice: str) -> dict:
-    """Per-lane resources of one product of a x w (module docstring), as cost.multiplier_cost's dict."""
-    from edgeq.backends.hls.cost import multiplier_cost
-
-    core = multiplier_cost(a.sig, w.sig, dsp_slice=dsp_slice)
-    out = {"impl": core["impl"], "dsp": core["dsp"], "lut": core["lut"], "ff": core["ff"]}
-    if not (a.exponent_bits or w.exponent_bits):
-        return out
-    out["lut"] += sum(1 if op.exponent_bits <= 6 else 2 for op in (a, w) if op.exponent_bits)  # implicit bits
-    out["lut"] += 1  # sign XOR
-    r = a.shift + w.shift
-    if a.exponent_bits and w.exponent_bits and r > 0:  # the shift amount is the sum of both exponents
-        add = max(a.exponent_bits, w.exponent_bits) + 1
-        out["lut"] += add
-        out["ff"] += add
-    if r > 0:
-        width = a.sig + w.sig + r
-        stages = math.ceil(math.log2(r + 1))
-        out["lut"] += width * math.ceil(stages / 2)
-        out["ff"] += width
-    return out
+def storage_bits(fmt) -> int:
+    return fmt.bits if isinstance(fmt, MiniFloat) else fmt.width
 
 
 def levels(fmt) -> int:
@@ -239,22 +193,26 @@ def levels(fmt) -> int:
     return int(np.unique(v[np.isfinite(v)]).size) - 1
 
 
-def cost_rows(graph) -> tuple[list[dict], dict[str, dict]]:
-    """(cost.py rows, {MAC row name: {"a": Operand, "w": Operand}}) for edgeq's FPGA design of ``graph``."""
-    rows, macs = [], {}
+def cost_rows(graph) -> list[dict]:
+    """cost.py rows for edgeq's FPGA design of ``graph`` (minifloat MACs carry ``in_minifloat``/``w_minifloat``)."""
+    from edgeq.backends.hls.cost import minifloat_operand
+
+    rows = []
     acc = None  # accumulator width flowing from the last MAC layer
     for lay in graph.layers:
         shape_in = graph.tensors[lay.inputs[0]].shape
         n_in = int(np.prod(shape_in)) if shape_in else 1
         if lay.op in ("Conv2d", "Dense"):
-            a, w = operand(graph.tensors[lay.inputs[0]].format), operand(lay.weight_format)
+            a, w = graph.tensors[lay.inputs[0]].format, lay.weight_format
             k = int(np.prod(lay.weight.shape[1:])) if lay.op == "Conv2d" else int(lay.weight.shape[0])
-            acc = a.fixed + w.fixed + math.ceil(math.log2(k))
+            acc = fixed_width(a) + fixed_width(w) + math.ceil(math.log2(k))
             parallel = int(np.prod(lay.weight.shape[2:])) if lay.op == "Conv2d" else max(1, min(k, 8))
-            rows.append({"name": lay.name, "op": lay.op, "in_bits": a.storage, "w_bits": w.storage, "acc_bits": acc,
-                         "out_bits": acc, "macs": lay.macs, "weights": int(lay.weight.size), "in_elements": n_in,
-                         "parallel": parallel})
-            macs[lay.name] = {"a": a, "w": w}
+            rows.append({"name": lay.name, "op": lay.op, "in_bits": storage_bits(a), "w_bits": storage_bits(w),
+                         "acc_bits": acc, "out_bits": acc, "macs": lay.macs, "weights": int(lay.weight.size),
+                         "in_elements": n_in, "parallel": parallel})
+            for key, fmt in (("in_minifloat", a), ("w_minifloat", w)):
+                if minifloat_operand(fmt) is not None:
+                    rows[-1][key] = minifloat_operand(fmt)
         elif lay.op in ("Relu", "MaxPool") and acc is not None:
             rows.append({"name": lay.name, "op": lay.op, "in_bits": acc, "acc_bits": acc, "out_bits": acc,
                          "in_elements": n_in, "parallel": 1})
@@ -262,32 +220,28 @@ def cost_rows(graph) -> tuple[list[dict], dict[str, dict]]:
             fmt = graph.tensors[lay.output].format
             lv = levels(fmt)
             rows.append({"name": lay.name, "op": "Threshold", "in_bits": acc, "acc_bits": acc,
-                         "out_bits": operand(fmt).storage, "in_elements": n_in,
+                         "out_bits": storage_bits(fmt), "in_elements": n_in,
                          "channels": shape_in[0] if shape_in else 1, "levels": lv,
                          "parallel": lv if lv <= 15 else max(1, lv.bit_length())})
             acc = None
-    return rows, macs
+    return rows
 
 
 def estimate(graph, board) -> dict:
-    """cost.estimate over :func:`cost_rows`, with each minifloat MAC's product replaced by :func:`product_cost`."""
+    """cost.estimate over :func:`cost_rows` (cost.py prices minifloat products itself), plus the LUT-equivalents
+    of the whole design and of the multiply-accumulate datapath alone."""
     from edgeq.backends.hls import cost
 
-    rows, macs = cost_rows(graph)
+    rows = cost_rows(graph)
     report = cost.estimate(rows, board)
     capacity = report["capacity"]
     per_dsp = capacity["lut"] / capacity["dsp"]
     mac_lut = mac_dsp = 0
-    for row, est in zip(rows, report["layers"]):
-        if row["name"] not in macs:
+    for row in rows:
+        if row["op"] not in cost.MAC_OPS:
             continue
-        a, w = macs[row["name"]]["a"], macs[row["name"]]["w"]
-        charged = cost.multiplier_cost(row["in_bits"], row["w_bits"], dsp_slice=report["dsp_slice"])
-        real = product_cost(a, w, report["dsp_slice"])
-        for res in ("dsp", "lut", "ff"):
-            delta = row["parallel"] * (real[res] - charged[res])
-            est[res] += delta
-            report["totals"][res] += delta
+        real = cost.minifloat_product_cost(row["in_bits"], row["w_bits"], row.get("in_minifloat"),
+                                           row.get("w_minifloat"), dsp_slice=report["dsp_slice"])
         mac_lut += row["parallel"] * (real["lut"] + row["acc_bits"])
         mac_dsp += row["parallel"] * real["dsp"]
     report["lut_equivalents"] = report["totals"]["lut"] + report["totals"]["dsp"] * per_dsp
@@ -375,27 +329,29 @@ def pareto(points: list[Point], cost: str = "lut_eq", flag: str = "pareto") -> N
             and (getattr(q, cost) < c or q.accuracy > p.accuracy) for q in ok))
 
 
-def spot_check_build(net, calib, x_te, tmp: Path) -> str:
-    """Build one power-of-two model for Ultra96 and run csim over ``x_te``."""
+def spot_check_build(net, calib, x_te, tmp: Path) -> list[str]:
+    """Build the :data:`SPOT_CHECK` models (float32 scales, as PTQ learns them) for Ultra96; csim over ``x_te``."""
     from edgeq import ptq
     from edgeq.backends.hls.build import BuildConfig, build
 
-    w, a = SPOT_CHECK
-    qm = ptq.quantize(net, calib, weights=w, acts=a, power_of_two_scales=True)
-    path = ptq.export(qm, np.zeros((1,) + x_te.shape[1:], np.float32), tmp / "spot_pow2.onnx")
     vec = tmp / "x_test.npy"
     np.save(vec, x_te)
-    t = time.time()
-    try:
-        rep = build(BuildConfig(model=path, board="ultra96", out=tmp / "spot_hls", vectors=vec, force=True,
-                            allow_over_budget=True))
-    except Exception as e:  # the spot check reports, it does not stop the exploration
-        return f"{w} x {a} (power-of-two scales): build failed: {str(e).splitlines()[0] if str(e) else e!r}"
-    cs = rep.get("csim") or {}
-    n = cs.get("mismatches", "?")
-    total = cs.get("outputs_compared", "?")
-    return (f"{w} x {a} (power-of-two scales): edgeq build --board ultra96 + csim over {len(x_te)} test images: "
-            f"{n} mismatches of {total} outputs vs edgeq.emulate ({time.time() - t:.1f} s)")
+    lines = []
+    for w, a in SPOT_CHECK:
+        qm = ptq.quantize(net, calib, weights=w, acts=a)
+        path = ptq.export(qm, np.zeros((1,) + x_te.shape[1:], np.float32), tmp / f"spot_{w}_{a}.onnx")
+        t = time.time()
+        try:
+            rep = build(BuildConfig(model=path, board="ultra96", out=tmp / f"spot_{w}_{a}", vectors=vec, force=True,
+                                    allow_over_budget=True))
+        except Exception as e:  # the spot check reports, it does not stop the exploration
+            lines.append(f"{w} x {a}: build failed: {str(e).splitlines()[0] if str(e) else e!r}")
+            continue
+        cs = rep.get("csim") or {}
+        lines.append(f"{w} x {a} (float32 scales): edgeq build --board ultra96 + csim over {len(x_te)} test images: "
+                     f"{cs.get('mismatches', '?')} mismatches of {cs.get('outputs_compared', '?')} outputs vs "
+                     f"edgeq.emulate ({time.time() - t:.1f} s)")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -518,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="minifloat_dse_out", help="folder for minifloat_dse.csv and .png")
     ap.add_argument("--model", default="digits", choices=("digits", "cnv"), help="the float model (default digits)")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
-    ap.add_argument("--no-build", action="store_true", help="skip the power-of-two build + csim spot check")
+    ap.add_argument("--no-build", action="store_true", help="skip the Ultra96 build + csim spot check")
     args = ap.parse_args(argv)
 
     import torch
@@ -570,8 +526,8 @@ def main(argv: list[str] | None = None) -> int:
               "reference is not exact')")
     for line in summary(points):
         print(line)
-    if spot:
-        print("spot check: " + spot)
+    for line in spot or []:
+        print("spot check: " + line)
     write_csv(points, out / "minifloat_dse.csv")
     plot(points, out / "minifloat_dse.png",
          f"PTQ on {args.model}: accuracy (edgeq.emulate) vs Ultra96 cost estimate, {len(pairs)} models")

@@ -278,12 +278,14 @@ def digits_cnn():
     ), torch.zeros(1, 1, 8, 8)
 
 
-def train(net: Any, x: Any, y: Any, epochs: int, seed: int = 0, lr: float = 3e-3, batch: int = 64) -> Any:
-    """Train ``net`` with Adam on (x, y) numpy arrays (cross entropy, seeded shuffles); returns it in eval mode."""
+def train(net: Any, x: Any, y: Any, epochs: int, seed: int | None = None, lr: float = 3e-3, batch: int = 64) -> Any:
+    """Train ``net`` with Adam on (x, y) numpy arrays (cross entropy; shuffles from torch's generator, reseeded
+    with ``seed`` when given); returns it in eval mode."""
     import torch
     from torch import nn
 
-    torch.manual_seed(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     net.train()
@@ -309,6 +311,6 @@ def minifloat_cnn(weights: str = "e2m1", acts: str = "e4m3", epochs: int = 3, se
     x_tr, y_tr, _, _ = digits()
     torch.manual_seed(seed)
     net, example = digits_cnn()
-    train(net, x_tr, y_tr, epochs, seed)
+    train(net, x_tr, y_tr, epochs)
     calib = [torch.from_numpy(x_tr[i:i + 64]) for i in range(0, calib_images, 64)]
     return ptq.quantize(net, calib, weights=weights, acts=acts), example
