@@ -393,3 +393,69 @@ def test_several_resources_over_budget_still_make_one_line():
 def test_bad_layer_descriptions_are_edgeq_errors_naming_the_layer(bad, match):
     with pytest.raises(EdgeqError, match=match):
         cost.estimate_layer(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Minifloat products, the declared rescale, and minifloat decoders
+# ---------------------------------------------------------------------------------------------
+
+
+def test_minifloat_operands_are_described_by_their_fields_and_exponent_range():
+    from edgeq.formats import FixedPoint, Int, MiniFloat
+
+    # OCP e4m3: max 448 = 1.75 * 2^8, smallest normal exponent 1 - 7 = -6: r = 14
+    assert cost.minifloat_operand(MiniFloat(4, 3, has_nan=True)) == \
+        {"exponent_bits": 4, "mantissa_bits": 3, "exp_range": 14}
+    # e2m1 (FP4): max 6 = 1.5 * 2^2, smallest normal exponent 0: r = 2
+    assert cost.minifloat_operand(MiniFloat(2, 1)) == {"exponent_bits": 2, "mantissa_bits": 1, "exp_range": 2}
+    assert cost.minifloat_operand(Int(8)) is None and cost.minifloat_operand(FixedPoint(8, 2)) is None
+
+
+def test_an_e4m3_by_e2m1_lane_is_a_4x2_significand_product_plus_exponent_add_and_shifter():
+    e4m3 = {"exponent_bits": 4, "mantissa_bits": 3, "exp_range": 14}
+    e2m1 = {"exponent_bits": 2, "mantissa_bits": 1, "exp_range": 2}
+    got = cost.minifloat_product_cost(8, 4, e4m3, e2m1)
+    # significands 4 x 2 bits in fabric: 8 partial products + 6 adder LUT, 6 FF; implicit bits 2 LUT; sign 1 LUT;
+    # exponent add max(4, 2) + 1 = 5 LUT + FF; shifter: (4 + 2 + 16) bits x ceil(ceil(log2 17) / 2) = 22 x 3 LUT,
+    # 22 FF
+    assert got == {"impl": "fabric", "dsp": 0, "lut": 14 + 2 + 1 + 5 + 66, "ff": 6 + 5 + 22}
+    # the same lane with an int8 activation instead: 8 x 2 significands, no exponent add, shift range 2 only:
+    # (8 + 2 + 2) bits x ceil(ceil(log2 3) / 2) = 12 LUT, 12 FF
+    mixed = cost.minifloat_product_cost(8, 4, None, e2m1)
+    assert mixed == {"impl": "fabric", "dsp": 0, "lut": (16 + 10) + 1 + 1 + 12, "ff": 10 + 12}
+
+
+def test_mac_rows_price_minifloat_products_and_integers_as_before():
+    e4m3 = {"exponent_bits": 4, "mantissa_bits": 3, "exp_range": 14}
+    e2m1 = {"exponent_bits": 2, "mantissa_bits": 1, "exp_range": 2}
+    base = layer(in_bits=8, w_bits=4, acc_bits=30, parallel=8)
+    plain = cost.estimate_layer(base)
+    assert plain["dsp"] == 0 and plain["lut"] - cost.estimate_layer(base)["lut"] == 0
+    mf = cost.estimate_layer({**base, "in_minifloat": e4m3, "w_minifloat": e2m1})
+    lane = cost.minifloat_product_cost(8, 4, e4m3, e2m1)
+    assert mf["lut"] - plain["lut"] == 8 * (lane["lut"] - cost.multiplier_cost(8, 4)["lut"])
+    assert any("minifloat product" in n for n in mf["notes"])
+    # wider exponents cost more shifter: e4m3 x e4m3 above e2m1 x e2m1 at the same lanes
+    big = cost.estimate_layer({**layer(in_bits=8, w_bits=8, acc_bits=46, parallel=8), "in_minifloat": e4m3,
+                               "w_minifloat": e4m3})
+    small = cost.estimate_layer({**layer(in_bits=4, w_bits=4, acc_bits=14, parallel=8), "in_minifloat": e2m1,
+                                 "w_minifloat": e2m1})
+    assert big["lut"] > small["lut"]
+
+
+def test_rescale_is_one_float_multiply_and_one_float_add_with_a_bias():
+    row = {"name": "r", "op": "Rescale", "in_bits": 30, "out_bits": 32, "channels": 10, "in_elements": 10,
+           "parallel": 1}
+    no_bias = cost.estimate_layer(row)
+    with_bias = cost.estimate_layer({**row, "has_bias": True})
+    assert no_bias["dsp"] == cost.FMUL_COST["dsp"]
+    assert with_bias["dsp"] == cost.FMUL_COST["dsp"] + cost.FADD_COST["dsp"]
+    assert with_bias["lut"] - no_bias["lut"] >= cost.FADD_COST["lut"]
+
+
+def test_a_decoder_lane_is_a_shifter_over_the_exponent_range():
+    row = {"name": "d", "op": "Decode", "in_bits": 8, "out_bits": 19, "exp_range": 14, "in_elements": 64,
+           "parallel": 1}
+    got = cost.estimate_layer(row)
+    assert got["dsp"] == 0
+    assert got["lut"] >= 19 * 2 + 1 + cost.LAYER_CONTROL["lut"]  # 4 mux stages, two per LUT6
