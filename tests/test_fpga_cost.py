@@ -430,7 +430,7 @@ def test_mac_rows_price_minifloat_products_and_integers_as_before():
     e2m1 = {"exponent_bits": 2, "mantissa_bits": 1, "exp_range": 2}
     base = layer(in_bits=8, w_bits=4, acc_bits=30, parallel=8)
     plain = cost.estimate_layer(base)
-    assert plain["dsp"] == 0 and plain["lut"] - cost.estimate_layer(base)["lut"] == 0
+    assert plain["dsp"] == 0 and not any("minifloat" in n for n in plain["notes"])  # 8 x 4: fabric, as before
     mf = cost.estimate_layer({**base, "in_minifloat": e4m3, "w_minifloat": e2m1})
     lane = cost.minifloat_product_cost(8, 4, e4m3, e2m1)
     assert mf["lut"] - plain["lut"] == 8 * (lane["lut"] - cost.multiplier_cost(8, 4)["lut"])
