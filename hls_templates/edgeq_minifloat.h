@@ -89,14 +89,17 @@ dec_i:
 }
 
 // ---- Rescale: y = f32(f32(A) * m[c]) (+ b[c] in float32), A an exact integer accumulator (at most 64 bits) -------
-template <typename AT, int C, int HW, bool HAS_BIAS>
+// f32(A) is f32(f64(A)): one RNE rounding while |A| < 2^53 (ACC_BITS <= 54), where it is a direct int -> float
+// conversion; wider accumulators round to double first, exactly as numpy's int64 -> float64 -> float32.
+template <typename AT, int C, int HW, bool HAS_BIAS, int ACC_BITS = 64>
 void edgeq_rescale(const AT x[C * HW], const float m[C], const float b[C], float y[C * HW]) {
 rs_c:
     for (int c = 0; c < C; c++) {
     rs_i:
         for (int i = 0; i < HW; i++) {
 #pragma HLS PIPELINE II = 1
-            const float a = (float)(double)(int64_t)x[c * HW + i];  // RNE to double, then to float
+            const int64_t acc = (int64_t)x[c * HW + i];
+            const float a = ACC_BITS <= 54 ? (float)acc : (float)(double)acc;
             float v = a * m[c];
             if (HAS_BIAS) v = v + b[c];
             y[c * HW + i] = v;

@@ -68,9 +68,10 @@ int main(int argc, char **argv) {
     while (std::scanf("%lld %x %x", &a, &mb, &bb) == 3) {
         std::memcpy(&m, &mb, 4); std::memcpy(&b, &bb, 4);
         int64_t x[1] = {a}; float mm[1] = {m}, b1[1] = {b}, y[1];
-        edgeq_rescale<int64_t, 1, 1, true>(x, mm, b1, y);
+        edgeq_rescale<int64_t, 1, 1, true>(x, mm, b1, y);  // 64-bit accumulator: through double
         float y0[1];
-        edgeq_rescale<int64_t, 1, 1, false>(x, mm, b1, y0);
+        if (a > -(1LL << 53) && a < (1LL << 53)) edgeq_rescale<int64_t, 1, 1, false, 54>(x, mm, b1, y0);  // direct
+        else edgeq_rescale<int64_t, 1, 1, false>(x, mm, b1, y0);
         unsigned yb, y0b;
         std::memcpy(&yb, y, 4); std::memcpy(&y0b, y0, 4);
         std::printf("%08x %08x\n", yb, y0b);
@@ -91,7 +92,7 @@ def run(tmp_path_factory):
     rng = np.random.default_rng(0)
     n = 4000
     acc = np.concatenate([rng.integers(-2**24, 2**24, n // 2), rng.integers(-2**45, 2**45, n // 2),
-                          [2**24 + 1, -(2**24 + 3), 2**53 + 1, 0]]).astype(np.int64)
+                          [2**24 + 1, -(2**24 + 3), 2**53 + 1, 2**60 + 2**36 + 1, 0]]).astype(np.int64)
     m = (rng.uniform(0.5, 1.0, acc.size) * 2.0 ** rng.integers(-40, 0, acc.size)).astype(np.float32)
     b = rng.normal(0, 4, acc.size).astype(np.float32)
     stdin = "".join(f"{a} {mm:08x} {bb:08x}\n" for a, mm, bb in zip(acc, m.view(np.uint32), b.view(np.uint32)))

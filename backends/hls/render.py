@@ -294,7 +294,7 @@ class Renderer:
             c = a["channels"]
             has_b = "fbias" in lay.params
             bias = f"{name}_fbias" if has_b else f"{name}_scale"
-            body = (f"    edgeq_rescale<{xt}, {c}, {x.elements // c}, {str(has_b).lower()}>"
+            body = (f"    edgeq_rescale<{xt}, {c}, {x.elements // c}, {str(has_b).lower()}, {x.width}>"
                     f"(x0, {name}_scale, {bias}, y);")
         elif lay.op == "Reshape":
             body = f"    edgeq_copy<{xt}, {x.elements}>(x0, y);"
