@@ -13,8 +13,18 @@ element-wise constants, an average pool's division, Trunc) becomes integer **thr
 composed float32 function is evaluated by the emulator itself on every possible input code (or
 binary-searched when the domain is huge), so the thresholds reproduce it exactly. A quantizer that
 directly follows an exact accumulator with an ap_fixed-equivalent format becomes an ap_fixed
-**cast**. Non-power-of-two scales on accelerator tensors cannot be exact in fixed point and are
-refused, naming the node.
+**cast**.
+
+**Minifloats and float32 scales** (:class:`HwTensor`). A minifloat tensor stays its sign|exponent|mantissa bits; an
+integer quantizer with a float32 scale stays its integer codes. A Conv2d/Dense decodes each operand to an integer in
+units of its lsb (``hls_templates/edgeq_minifloat.h``: significand x significand, shifted by the exponent fields)
+and accumulates exactly in n_x + n_w + ceil(log2 K) bits (the paper's worst case). With power-of-two scales the sum
+is the IR's exact FixedPoint. Otherwise the scales are factored out: the accumulator A carries the declared rescale
+``mac_rescale(A, m[c], b[c])`` (``m[c] = f32(lsb_x * lsb_w[c])``), which the next quantizer's thresholds include
+(max pools inside that float glue run first, on A: max commutes with the non-decreasing rescale and ReLU), or which
+a ``Rescale`` layer applies in float32 where the result leaves the accelerator. Thresholds into a minifloat count
+its signed ordinal (``MiniFloat.ordinal``), which the kernel writes as bits. What cannot be exact (an Add of
+tensors whose scales do not align, a non-saturating minifloat into a MAC, ...) is refused, naming the node.
 
 **Binary layers.** Every Dense/Conv2d that :func:`edgeq.mst.xnor_refusal` accepts (±1 weights and ±1 input, one
 power-of-two scale each, no bias, no groups) becomes an XNOR-popcount layer (``XnorDense``/``XnorConv2d``), or,
