@@ -279,8 +279,9 @@ class Renderer:
             (kh, kw), (sh, sw), (pt, pl, _, _) = a["kernel"], a["strides"], a["pads"]
             lowest = x.code_range[0] if not x.minifloat_bits else \
                 int(x.format.to_bits(-np.inf if not x.format.saturating else -x.format.max))
+            low = "INT64_MIN" if lowest == -(1 << 63) else str(lowest)  # -9223372036854775808 is not a literal
             body = (f"    edgeq_maxpool<{xt}, {c}, {h}, {w}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {oh}, {ow}, "
-                    f"{x.minifloat_bits}>(x0, y, ({xt}){lowest});")
+                    f"{x.minifloat_bits}>(x0, y, ({xt}){low});")
         elif lay.op == "SumPool":
             c, h, w = x.shape
             _, oh, ow = y.shape
