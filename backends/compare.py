@@ -249,7 +249,7 @@ def trace_rows(design, names: dict[str, str], graph, emulated: dict[str, np.ndar
                 e = emulated[ir_layer.name].reshape(n, -1)
                 if got.dtype.kind == "f":  # float32 values (a Rescale): compared as values, bit for bit
                     got = got.reshape(n, -1)
-                    want = t.format.quantize_codes(e)
+                    want = t.format.codes_of(e)
                     bad = ~same_bits(got, want, signed_zero=False)
                 else:
                     got = got.reshape(n, -1).astype(np.int64)
@@ -257,7 +257,7 @@ def trace_rows(design, names: dict[str, str], graph, emulated: dict[str, np.ndar
                         shift = t.format.frac_bits - graph.tensors[ir_layer.output].format.frac_bits
                         want = e.astype(np.int64) << shift
                     else:
-                        want = t.format.quantize_codes(e).astype(np.int64)
+                        want = t.format.codes_of(e).astype(np.int64)
                     if hasattr(t.format, "ordinal"):  # minifloat bits: -0 and +0 are the same value (ordinal 0)
                         bad = t.format.ordinal(got) != t.format.ordinal(want)
                     else:

@@ -18,7 +18,7 @@ Formats are small immutable values:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -334,6 +334,10 @@ class FixedPoint(NumFormat):
         q = round_shift(np.asarray(m), frac_bits - self.frac_bits, self.rounding)
         return overflow(q, self.width, self.signed, self.overflow)
 
+    def codes_of(self, x: np.ndarray) -> np.ndarray:
+        """Codes of values already on this grid (exact: a power-of-two scale)."""
+        return self.quantize_codes(x)
+
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Float64 values of integer codes (exact for widths up to 53 bits)."""
         return np.ldexp(np.asarray(codes).astype(np.float64), -self.frac_bits)
@@ -519,6 +523,12 @@ class Int(NumFormat):
             return self.dequantize(codes, work).astype(dtype, copy=False)
         codes *= self.scale_array(codes.ndim, work)  # (q - 0) * s, as QONNX computes it
         return codes.astype(dtype, copy=False)
+
+    def codes_of(self, x: np.ndarray) -> np.ndarray:
+        """Integer codes (int64) of values already on this format's grid (e.g. ``f32(q * scale)``), to nearest."""
+        x = np.asarray(x, dtype=np.float64)
+        v = x / self.scale_array(x.ndim, np.float64) + self.zero_point_array(x.ndim, np.float64)
+        return np.rint(v).astype(np.int64)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Values (float64) of integer codes, computed in float32 as :meth:`quantize` does."""
@@ -769,13 +779,16 @@ class MiniFloat(NumFormat):
         top = int(self.to_bits(np.float64(self.max)))
         return top if self.saturating else top + 1
 
-    def quantize_codes(self, x: np.ndarray) -> np.ndarray:
-        """Bit patterns (int64) of the quantization of ``x``; the scale is divided out in x's dtype."""
-        x = np.asarray(x)
-        if x.dtype.kind != "f":
-            x = x.astype(np.float64)
-        v = x if self.scale == (1.0,) else x / self.scale_array(x.ndim, x.dtype)
-        return self.to_bits(v).astype(np.int64)
+    def _nearest(self) -> MiniFloat:
+        """This format rounding to nearest: it recovers grid values from their float32 products with the scale."""
+        return self if self.rounding == "ROUND" else replace(self, rounding="ROUND")
+
+    def codes_of(self, x: np.ndarray) -> np.ndarray:
+        """Bit patterns (int64) of values already on this format's grid (e.g. ``f32(q * scale)``): the scale is
+        divided out in float64 and the nearest grid value taken, whatever the format's rounding mode."""
+        x = np.asarray(x, dtype=np.float64)
+        v = x if self.scale == (1.0,) else x / self.scale_array(x.ndim, np.float64)
+        return self._nearest().to_bits(v).astype(np.int64)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Values (float64) of bit patterns, scaled in float32 exactly as :meth:`quantize` computes them."""
@@ -800,8 +813,8 @@ class MiniFloat(NumFormat):
         x = np.asarray(x)
         if x.dtype.kind != "f":
             x = x.astype(np.float64)
-        v = x if self.scale == (1.0,) else x / self.scale_array(x.ndim, x.dtype)
-        q = self.quantize_unscaled(v.astype(np.float64))
+        v = x.astype(np.float64) if self.scale == (1.0,) else x / self.scale_array(x.ndim, np.float64)
+        q = self._nearest().quantize_unscaled(v.astype(np.float64))
         return np.ldexp(q, self.mantissa_bits - self.min_normal_exponent)
 
     def ctype(self, backend: str = "hls") -> str:
@@ -933,7 +946,7 @@ class Float32(NumFormat):
         return np.asarray(b, dtype=np.uint32).view(np.float32).astype(np.float64)
 
     # an accelerator tensor of float32 values (a rescaled accumulator) is its own code
-    def quantize_codes(self, x: np.ndarray) -> np.ndarray:
+    def codes_of(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x).astype(np.float32)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ class HostGlue:
 
     prefix: Graph
     tail: Graph
-    in_format: NumFormat  # FixedPoint, Int or MiniFloat: encode() gives its codes (quantize_codes)
+    in_format: NumFormat  # FixedPoint, Int or MiniFloat: encode() gives its codes (codes_of)
     out_format: NumFormat  # also Float32 (a rescaled float32 output): decode() gives the values
     in_dtype: str
     out_dtype: str
@@ -39,7 +39,7 @@ class HostGlue:
             raise EdgeqError(f"inputs have shape {tuple(x.shape)}; the model takes (batch, "
                              f"{', '.join(map(str, self.prefix.input.shape))})")
         v = emulate(self.prefix, x) if self.prefix.layers else x.astype(np.float64)
-        codes = self.in_format.quantize_codes(v)  # exact: v already lies on the input grid
+        codes = self.in_format.codes_of(v)  # exact: v already lies on the input grid
         return codes.reshape(len(codes), -1).astype(self.in_dtype)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:

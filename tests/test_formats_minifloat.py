@@ -336,3 +336,21 @@ def test_minifloat_reserved_top_codes_match_qonnx_floatquant_with_its_default_ma
         ref = qonnx_floatquant(xs, np.array(1.0, F32), e, m, bias, full, has_inf=has_inf, has_nan=has_nan,
                                saturation=sat)
         assert _same_floats(ref, fmt.quantize(xs)).all()
+
+
+@pytest.mark.parametrize("rounding", ["ROUND", "FLOOR", "CEIL"])
+def test_codes_of_quantized_values_recover_the_grid_whatever_the_rounding_mode(rounding):
+    # Values on a float32-scaled grid are f32(q * s); dividing by s lands a hair off q, so recovering q must round
+    # to nearest, not with the format's own FLOOR/CEIL (which would move it one grid step).
+    from edgeq.formats import Int
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-30, 30, 20000).astype(F32)
+    fmt = MiniFloat(4, 3, has_nan=True, rounding=rounding, scale=(0.05,))
+    q = fmt.quantize_unscaled(x / F32(0.05))  # the definition: x / s in float32, rounded on the grid once
+    values = fmt.quantize(x, dtype=F32)
+    np.testing.assert_array_equal(fmt.step_codes(values), q / fmt.step)
+    np.testing.assert_array_equal(fmt.ordinal(fmt.codes_of(values)), fmt.ordinal(fmt.to_bits(q)))
+    np.testing.assert_array_equal(fmt.decode(fmt.codes_of(values)), values.astype(np.float64))
+    i = Int(6, signed=True, rounding=rounding, scale=(0.0371,))
+    np.testing.assert_array_equal(i.codes_of(i.quantize(x, dtype=F32)), i.quantize_codes(x).astype(np.int64))

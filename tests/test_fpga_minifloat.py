@@ -139,7 +139,8 @@ def test_power_of_two_minifloats_keep_8_bit_codes_and_an_exact_accumulator(tmp_p
 def _floatquant(m: Model, x: str, e: float, mant: float, scale=1.0, **attrs) -> str:
     from edgeq.formats import MiniFloat
 
-    top = MiniFloat(max(e, 1.0), mant, has_inf=bool(attrs.get("has_inf", 0))).max  # QONNX's max_val input
+    top = MiniFloat(max(e, 1.0), mant, has_inf=bool(attrs.get("has_inf", 0)),
+                    has_nan=bool(attrs.get("has_nan", 0))).max  # QONNX's max_val input
     ins = [x, m.c(scale), m.c(e), m.c(mant), m.c(2.0 ** (e - 1) - 1 if e >= 1 else 0.0), m.c(top)]
     return m.node("FloatQuant", ins, Q, **attrs)
 
@@ -202,3 +203,44 @@ def test_adding_a_minifloat_and_an_integer_tensor_with_float_scales_is_refused_n
     path = m.save(q, tmp_path / "add.onnx", [1, 8])
     out = tmp_path / "p"
     _one_line_exit_2(edgeq_cli("build", path, "--board", "ultra96", "--out", out), out, "Add", "cannot add them")
+
+
+def _conv_to(path: Path, out_fq: dict, then=None) -> Path:
+    """FloatQuant e4m3 input -> 3x3 conv (e2m1 weights, float32 scales) -> FloatQuant(**out_fq) [-> then]."""
+    rng = np.random.default_rng(0)
+    m = Model([1, 2, 6, 6])
+    x = _floatquant(m, "x", 4.0, 3.0, 0.02)
+    w = _floatquant(m, m.c(rng.normal(0, 1, (4, 2, 3, 3))), 2.0, 1.0, 0.3)
+    c = m.node("Conv", [x, w], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    e, mant, scale = out_fq.pop("e"), out_fq.pop("m"), out_fq.pop("scale")
+    y = _floatquant(m, c, e, mant, scale, **out_fq)
+    shape = [1, 4, 6, 6]
+    if then == "maxpool":
+        y, shape = m.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2]), [1, 4, 3, 3]
+    elif then == "relu_ceil":  # an exact ReLU on the minifloat bits, then a second float32-scaled requantizer
+        y = _floatquant(m, m.node("Relu", [y]), 3.0, 2.0, 0.1, rounding_mode="CEIL")
+    return m.save(y, path, shape)
+
+
+@pytest.mark.parametrize("out_fq, then", [
+    ({"e": 4.0, "m": 3.0, "scale": 0.05, "rounding_mode": "FLOOR"}, "relu_ceil"),  # FLOOR/CEIL on float32 grids
+    ({"e": 3.0, "m": 2.0, "scale": 0.001, "saturation": 0, "has_inf": 1, "has_nan": 1}, "maxpool"),  # +-inf codes
+], ids=["floor_then_ceil", "overflow_to_inf_then_maxpool"])
+def test_requantizing_minifloats_with_float_scales_is_bit_exact(tmp_path, out_fq, then):
+    path = _conv_to(tmp_path / "m.onnx", dict(out_fq), then)
+    rng = np.random.default_rng(1)
+    vec = tmp_path / "x.npy"
+    np.save(vec, rng.uniform(-3, 3, (64, 2, 6, 6)).astype(np.float32))
+    out = tmp_path / "p"
+    res = edgeq_cli("build", path, "--board", "ultra96", "--out", out, "--vectors", vec)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["csim"]["mismatches"] == 0 and rep["csim"]["vectors"] == 64
+    if then == "maxpool":  # the vectors really overflow into inf
+        assert np.isinf(np.load(out / "csim" / "outputs.npy")).any()
+
+
+def test_overflow_to_nan_on_both_sides_is_refused(tmp_path):
+    path = _conv_to(tmp_path / "m.onnx", {"e": 4.0, "m": 3.0, "scale": 1e-4, "saturation": 0, "has_nan": 1})
+    out = tmp_path / "p"
+    _one_line_exit_2(edgeq_cli("build", path, "--board", "ultra96", "--out", out), out, "FloatQuant", "not monotone")

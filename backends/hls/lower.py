@@ -365,6 +365,28 @@ class _Lowerer:
                  attrs={"channels": int(acc.shape[0]) if acc.shape else 1}, params=params)
         return out
 
+    def step_codes_in(self, t: HwTensor, lay: Layer) -> HwTensor:
+        """Minifloat bits as monotone integer codes for thresholds: fixed point when the scale is a power of two,
+        else step codes A whose values f32(A * f32(step * scale)) are exactly the minifloat's f32(q * scale)
+        (A has at most M + 1 significant bits, so f32(A) is exact), i.e. the rescale with m = step * scale."""
+        fmt = t.format
+        if exact_fixed(fmt) is not None:
+            return self.fixed_in(t.name, lay)
+        m = np.float32(fmt.step * fmt.scale[0])
+        if float(m) != fmt.step * fmt.scale[0] or not np.isfinite(m) or abs(float(m)) < np.finfo(np.float32).tiny:
+            raise EdgeqError(f"{_node(lay)}: the step of {fmt} is not a normal float32; requantize with a larger scale")
+        lsb, big = grid_of(fmt)
+        width = _bits_for(big)
+        key = t.name + "#steps"
+        if key not in self.tensors:
+            channels = t.shape[0] if t.shape else 1
+            d = HwTensor(key, t.shape, FixedPoint(width, width, True),
+                         rescale={"m": np.full(channels, m, dtype=np.float32), "bias": None})
+            self.tensors[key] = d  # its codes are not the IR tensor's: no ir_tensor entry
+            self.add("Decode", [t.name], d, [lay], name=f"{lay.name}_decode_{len(self.layers)}",
+                     attrs={"E": fmt.exponent_bits, "M": fmt.mantissa_bits})
+        return self.tensors[key]
+
     def operand(self, fmt: NumFormat, lay: Layer, what: str) -> dict[str, Any]:
         """A MAC operand: its minifloat fields (E, M; E = 0 for integer codes), the fixed-point width n of every
         decoded value (the paper's worst case), and the value of one decoded code (per tensor or per channel)."""
@@ -401,7 +423,7 @@ class _Lowerer:
         params: dict[str, np.ndarray] = {}
         w_mf = isinstance(wfmt, MiniFloat) and (not isinstance(out_fmt, FixedPoint) or len(wfmt.scale) == 1)
         if w_mf:  # weights stay minifloat bits; their (per-channel) scale is factored out of the sum
-            params["weight"] = wfmt.quantize_codes(lay.weight)
+            params["weight"] = wfmt.codes_of(lay.weight)
             attrs.update(w_mf=[wo["E"], wo["M"]], w_bits=wfmt.bits, w_ctype=container(wfmt)[0])
             w_units = grid_codes(wfmt, lay.weight, np.asarray(wo["lsb"]), np.float64)
         if isinstance(out_fmt, FixedPoint):
@@ -542,6 +564,9 @@ class _Lowerer:
             if len(fmt.scale) != 1:
                 raise EdgeqError(f"{_node(q)}: quantizer format {fmt} has per-channel scales; the FPGA needs one scale "
                                  "per activation tensor")
+            if not fmt.saturating and not fmt.has_inf:
+                raise EdgeqError(f"{_node(q)}: quantizer format {fmt} turns overflow on both sides into NaN, which is "
+                                 "not monotone, so no thresholds produce it; use saturation=1 or a format with inf")
             return fmt
         fx = exact_fixed(fmt)
         if fx is not None:
@@ -597,7 +622,7 @@ class _Lowerer:
             self.add("Cast", [x.name], out, glue, attrs={"cast_to": direct})
         else:
             if isinstance(x.format, MiniFloat):
-                x = self.fixed_in(x.name, glue[0])
+                x = self.step_codes_in(x, glue[0])
             self.thresholds(x, glue, out, sum_count=None)
         if flatten is not None:
             self.add("Reshape", [out.name], self.new_tensor(q.output, ofmt), [flatten], name=flatten.name)
@@ -714,8 +739,8 @@ def level_range(fmt: NumFormat) -> tuple[int, int]:
 def level_codes(fmt: NumFormat, y: np.ndarray) -> np.ndarray:
     """The levels of quantized values ``y`` (see :func:`level_range`)."""
     if isinstance(fmt, MiniFloat):
-        return fmt.ordinal(fmt.quantize_codes(y))
-    return fmt.quantize_codes(y).astype(np.int64)
+        return fmt.ordinal(fmt.codes_of(y))
+    return fmt.codes_of(y).astype(np.int64)
 
 
 def shift_add_digits(codes: np.ndarray) -> np.ndarray:
