@@ -1,7 +1,9 @@
 # Fresh-machine entry points (see README):
 #   make demo   set up, then export/inspect/emulate/check the bundled example
 #   make test   set up, then run the whole test suite
-# Set-up is idempotent: it re-runs only when pyproject.toml or this Makefile changes.
+#   make lock   re-resolve the development stack into requirements.lock (tools/lock.py)
+# Set-up is idempotent: it re-runs only when requirements.lock, pyproject.toml or this Makefile changes.
+# It installs the exact versions in requirements.lock, so every machine and CI get the same stack.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,19 +17,21 @@ TORCH  := torch==2.13.0
 # checks) are installed below when missing.
 APT_PACKAGES ?= clang-19 lld-19 qemu-system-misc device-tree-compiler
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup lock demo test lint bench clean
+LOCK   := requirements.lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): $(LOCK) pyproject.toml Makefile
 	@command -v g++ >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends g++)
 	@command -v tclsh >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends tcl)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$$(grep '^pip==' $(LOCK))"
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip check
 	touch $(STAMP)
 
@@ -39,6 +43,11 @@ test: setup
 	@$(PY) -m ruff check .
 	@$(PY) -m pytest -q -n 2 --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+# A fresh resolve of pyproject.toml's ranges (torch first); review the diff of requirements.lock, then commit it.
+lock:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) tools/lock.py
 
 lint: setup
 	$(PY) -m ruff check .
