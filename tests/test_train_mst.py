@@ -129,11 +129,11 @@ def test_bad_options_are_refused(kw, needle):
         mst_regularizer(binary_mlp(), **kw)
 
 
-def digits_bnn(hidden: int = 64):
+def digits_bnn(hidden: int = 64, seed: int = 0):
     """For 8x8 digits: an 8-bit first layer, then binary layers (±1 weights, ±1 inputs), BatchNorm between."""
     from brevitas.quant import Int8WeightPerTensorFixedPoint, SignedBinaryActPerTensorConst
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
 
     def binary(cin, cout):
         return qnn.QuantLinear(cin, cout, bias=False, weight_quant=SignedBinaryWeightPerTensorConst,
@@ -148,15 +148,16 @@ def digits_bnn(hidden: int = 64):
                                binary(hidden, 10), torch.nn.BatchNorm1d(10))
 
 
-def train_digits(lam: float, epochs: int = 12):
-    """(test accuracy, real total distance) of digits_bnn trained with loss + lam * regularizer (tanh)."""
+def train_digits(lam: float, epochs: int = 12, seed: int = 0):
+    """(test accuracy, real total distance) of digits_bnn trained with loss + lam * regularizer (tanh), from
+    ``seed`` (weights and shuffling)."""
     from edgeq import data
 
     x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in data.digits(seed=0))
-    model = digits_bnn()
+    model = digits_bnn(seed=seed)
     reg = mst_regularizer(model, refresh_every=25) if lam else None
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(x_train), generator=gen)
@@ -175,8 +176,11 @@ def train_digits(lam: float, epochs: int = 12):
 
 
 def test_training_on_digits_with_the_regularizer_cuts_the_distance_at_a_small_accuracy_cost():
+    """Margins measured over seeds 0-7 (12 epochs, lam 0.3, one torch thread, deterministic algorithms):
+    plain accuracy 0.953-0.975, distance 1404-1469; regularized distance 0.34-0.39x plain, accuracy cost
+    0.3-2.8 points (the cost at lam 1.0 reached 9.7 points on seed 5, so lam 0.3 is what is claimed)."""
     acc_plain, dist_plain = train_digits(0.0)
-    acc_reg, dist_reg = train_digits(1.0)
-    assert acc_plain > 0.9, acc_plain
-    assert dist_reg < 0.4 * dist_plain, (dist_plain, dist_reg)
-    assert acc_reg > acc_plain - 0.03, (acc_plain, acc_reg)
+    acc_reg, dist_reg = train_digits(0.3)
+    assert acc_plain > 0.94, acc_plain
+    assert dist_reg < 0.45 * dist_plain, (dist_plain, dist_reg)
+    assert acc_reg > acc_plain - 0.04, (acc_plain, acc_reg)
