@@ -7,10 +7,9 @@ Long steps show a rich progress bar on a terminal; ``--quiet`` or a non-terminal
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import signal
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,20 +52,14 @@ def _save_npy_atomic(path: str, arr: np.ndarray) -> None:
     write_atomic(path, lambda tmp: np.save(tmp, arr), ".npy")
 
 
-def _write_dir_atomic(dest: str, files: dict[str, np.ndarray]) -> None:
-    """Write ``files`` into a fresh directory next to ``dest``, then rename it into place."""
-    d = Path(dest)
-    d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", dir=d.parent))
-    try:
+def _write_dir_atomic(dest: str, files: dict[str, np.ndarray], inputs: list[str]) -> None:
+    """Write ``files`` into a fresh directory next to ``dest``, then rename it into place. An existing ``dest``
+    is replaced only if empty or written by edgeq (see edgeq.backends.common.check_replaceable)."""
+    from edgeq.backends.common import atomic_dir
+
+    with atomic_dir(Path(dest), True, inputs, {"trace_of": str(inputs[0])}, option="--trace") as (d, _):
         for name, arr in files.items():
-            np.save(tmp / f"{name}.npy", arr)
-        if d.exists():
-            shutil.rmtree(d)
-        os.replace(tmp, d)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+            np.save(d / f"{name}.npy", arr)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -211,7 +204,7 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
         res = run(g, x, trace=trace_dir is not None, progress=update)
     y, traced = res if trace_dir is not None else (res, None)
     if traced is not None:
-        _write_dir_atomic(trace_dir, traced)
+        _write_dir_atomic(trace_dir, traced, [model, input_path])
     _save_npy_atomic(output_path, y)
     if not ctx.quiet:
         click.echo(f"wrote {output_path} {tuple(y.shape)}" + (f" and {len(traced)} layer traces in {trace_dir}"
@@ -226,7 +219,7 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
 @click.option("--n-vectors", default=64, show_default=True, type=click.IntRange(min=1),
               help="Size of the default random batch.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace DIR if it exists.")
+@click.option("--force", is_flag=True, help="Replace DIR if edgeq built it (an empty DIR needs no --force).")
 @click.option("--synth", is_flag=True, help="Also run vitis_hls/vivado when they are on PATH.")
 @click.option("--allow-over-budget", is_flag=True, help="Warn instead of failing when the estimate exceeds the board.")
 @click.option("--trace", is_flag=True, help="Debug build. FPGA: trace every layer in csim and compare each with the "
@@ -340,28 +333,32 @@ def compare(ctx: _Ctx, project_dir: str, hw_outputs: str | None, as_json: bool, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one line and exit code 2 for bad input."""
+    """Console-script entry point: one line and exit code 2 for bad input; 128 + the signal's number (130
+    SIGINT, 143 SIGTERM) when interrupted, after the child tools are killed and temporary files removed."""
+    from edgeq.backends.proc import interrupts
+
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    try:
-        cli.main(args=argv, prog_name="edgeq", standalone_mode=False)
-    except EdgeqError as e:
-        if debug:
-            raise
-        click.echo(f"edgeq: error: {e}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("edgeq: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        click.echo(f"edgeq: error: {e.format_message()} (see `edgeq --help`)", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:
-        if debug:
-            raise
-        click.echo(f"edgeq: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)", err=True)
-        sys.exit(1)
+    with interrupts() as got:
+        try:
+            cli.main(args=argv, prog_name="edgeq", standalone_mode=False)
+        except EdgeqError as e:
+            if debug:
+                raise
+            click.echo(f"edgeq: error: {e}", err=True)
+            sys.exit(2)
+        except (click.exceptions.Abort, KeyboardInterrupt):  # click turns KeyboardInterrupt into Abort
+            sig = signal.Signals(got["signal"] or signal.SIGINT)
+            click.echo(f"edgeq: interrupted by {sig.name}; nothing half-written was left", err=True)
+            sys.exit(128 + sig.value)
+        except click.ClickException as e:
+            click.echo(f"edgeq: error: {e.format_message()} (see `edgeq --help`)", err=True)
+            sys.exit(2)
+        except Exception as e:
+            if debug:
+                raise
+            click.echo(f"edgeq: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)",
+                       err=True)
+            sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -95,6 +95,7 @@ def test_bad_build_inputs_give_one_line_exit_2_and_leave_no_directory(exported, 
     assert res.returncode == 2 and "node '/Add' (Add)" in res.stderr and "power-of-two" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine\n")  # an empty directory would simply be used
     res = edgeq_cli("build", path, "--board", "ultra96", "--out", tmp_path / "c")
     assert res.returncode == 2 and "--force" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # nothing half-written

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgeq import __version__, mst
+from edgeq.backends import proc
 from edgeq.backends.common import atomic_project, load_vectors
 from edgeq.backends.compare import same_bits
 from edgeq.board import Board, get_board
@@ -75,6 +75,7 @@ class BuildContext:
     trace: dict | None = None
     report: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    scratch: Path | None = None  # the tools' TMPDIR, removed with the build's staging directory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,15 +202,15 @@ def step_vectors(ctx: BuildContext) -> None:
     codes.tofile(vdir / "input_codes.bin")
 
 
-def _run(cmd: list[str], cwd: Path, what: str, timeout: float = 1800) -> None:
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def _run(cmd: list[str], cwd: Path, what: str, timeout: float = 1800, tmpdir: Path | None = None) -> None:
+    res = proc.run(cmd, cwd=cwd, tmpdir=tmpdir, timeout=timeout)
     if res.returncode != 0:
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-15:])
         raise BuildFailed(f"{what} failed (exit {res.returncode}):\n{tail}")
 
 
-def compile_csim(root: Path, hls: dict, jobs: int, extra: list[str] | None = None) -> Path:
-    """Compile every unit in parallel with g++ and link the test bench; returns the binary."""
+def compile_csim(root: Path, hls: dict, jobs: int, extra: list[str] | None = None, tmpdir: Path | None = None) -> Path:
+    """Compile every unit in parallel with g++ (``TMPDIR=tmpdir``) and link the test bench; returns the binary."""
     obj = root / "csim" / "obj"
     obj.mkdir(parents=True, exist_ok=True)
     inc = [f"-I{root / d}" for d in hls["include_dirs"]]
@@ -218,7 +219,7 @@ def compile_csim(root: Path, hls: dict, jobs: int, extra: list[str] | None = Non
 
     def cc(src: str) -> Path:
         o = obj / (Path(src).stem + ".o")
-        _run(["g++", *flags, *inc, "-c", str(root / src), "-o", str(o)], root, f"g++ {src}")
+        _run(["g++", *flags, *inc, "-c", str(root / src), "-o", str(o)], root, f"g++ {src}", tmpdir=tmpdir)
         return o
 
     # Largest units first: they bound the wall time.
@@ -226,27 +227,28 @@ def compile_csim(root: Path, hls: dict, jobs: int, extra: list[str] | None = Non
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         objs = list(pool.map(cc, order))
     exe = root / "csim" / "tb_edgeq"
-    _run(["g++", *flags, *map(str, objs), "-o", str(exe)], root, "linking the test bench")
+    _run(["g++", *flags, *map(str, objs), "-o", str(exe)], root, "linking the test bench", tmpdir=tmpdir)
     return exe
 
 
 def run_csim(root: Path, exe: Path, codes: np.ndarray, out_elems: int, out_dtype: str, jobs: int,
-             trace_dir: Path | None = None) -> np.ndarray:
+             trace_dir: Path | None = None, tmpdir: Path | None = None) -> np.ndarray:
     """Run the test bench over ``codes`` (n, elements), split across ``jobs`` processes."""
     n = len(codes)
     parts = [p for p in np.array_split(np.arange(n), jobs if trace_dir is None else 1) if len(p)]
     work = root / "csim"
-    procs = []
+    runs = []
     for k, idx in enumerate(parts):
         fin, fout = work / f"in{k}.bin", work / f"out{k}.bin"
         np.ascontiguousarray(codes[idx]).tofile(fin)
         args = [str(exe), str(fin), str(len(idx)), str(fout)] + ([str(trace_dir)] if trace_dir else [])
-        procs.append((subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE), fout))
+        runs.append((args, fout))
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        done = list(pool.map(lambda r: proc.run(r[0], cwd=root, tmpdir=tmpdir, timeout=3600), runs))
     outs = []
-    for p, fout in procs:
-        _, err = p.communicate(timeout=3600)
-        if p.returncode != 0:
-            raise BuildFailed(f"C simulation failed (exit {p.returncode}): {err.decode(errors='replace')[-500:]}")
+    for res, (_, fout) in zip(done, runs, strict=True):
+        if res.returncode != 0:
+            raise BuildFailed(f"C simulation failed (exit {res.returncode}): {res.stderr[-500:]}")
         outs.append(np.fromfile(fout, dtype=out_dtype).reshape(-1, out_elems))
     return np.concatenate(outs)
 
@@ -271,12 +273,12 @@ def first_divergence(rows: list[dict]) -> dict | None:
 
 def step_csim(ctx: BuildContext) -> None:
     t0 = time.perf_counter()
-    exe = compile_csim(ctx.tmp, ctx.hls, ctx.cfg.jobs)
+    exe = compile_csim(ctx.tmp, ctx.hls, ctx.cfg.jobs, tmpdir=ctx.scratch)
     t_compile = time.perf_counter() - t0
     d = ctx.design
     codes = d.glue.encode(ctx.x)
     out_t = d.tensors[d.output]
-    out_codes = run_csim(ctx.tmp, exe, codes, out_t.elements, out_t.dtype, ctx.cfg.jobs)
+    out_codes = run_csim(ctx.tmp, exe, codes, out_t.elements, out_t.dtype, ctx.cfg.jobs, tmpdir=ctx.scratch)
     got = d.glue.decode(out_codes)
     np.save(ctx.tmp / "csim" / "outputs.npy", got)
     mismatches = int(np.sum(~same_bits(got, ctx.expected, signed_zero=False)))  # codes: zero has no sign
@@ -286,7 +288,7 @@ def step_csim(ctx: BuildContext) -> None:
     if mismatches or ctx.cfg.trace:  # debug build: trace every layer and compare each with the emulator
         trace_dir = ctx.tmp / "csim" / "trace"
         trace_dir.mkdir(exist_ok=True)
-        run_csim(ctx.tmp, exe, codes, out_t.elements, out_t.dtype, 1, trace_dir)
+        run_csim(ctx.tmp, exe, codes, out_t.elements, out_t.dtype, 1, trace_dir, ctx.scratch)
         rows = compare_traces(ctx, trace_dir)
         csim["layers"] = [{k: r[k] for k in ("layer", "op", "mismatching_elements", "elements")} for r in rows]
         csim["first_divergence"] = first_divergence(rows)
@@ -309,11 +311,12 @@ def step_synth(ctx: BuildContext) -> None:
     elif not tools["vitis_hls"]:
         rep["status"] = "skipped: vitis_hls is not on PATH; run `make hls` (and `make bitstream`) where it is"
     else:
-        _run(["vitis_hls", "-f", "scripts/hls.tcl"], ctx.tmp, "vitis_hls", timeout=6 * 3600)
+        _run(["vitis_hls", "-f", "scripts/hls.tcl"], ctx.tmp, "vitis_hls", timeout=6 * 3600, tmpdir=ctx.scratch)
         rep["status"] = "ran vitis_hls"
         rep.update(parse_hls_reports(ctx.tmp))
         if tools["vivado"]:
-            _run(["vivado", "-mode", "batch", "-source", "scripts/vivado.tcl"], ctx.tmp, "vivado", timeout=12 * 3600)
+            _run(["vivado", "-mode", "batch", "-source", "scripts/vivado.tcl"], ctx.tmp, "vivado", timeout=12 * 3600,
+                 tmpdir=ctx.scratch)
             rep["status"] += " and vivado"
     ctx.report["tools"] = rep
 
@@ -459,8 +462,8 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> dict
     t_load = time.perf_counter()
     graph, trees = load_and_select(cfg)  # bad model or MST request: refused before anything is written
     t_load = time.perf_counter() - t_load
-    with atomic_project(Path(cfg.out), cfg.force, Path(cfg.model)) as tmp:
-        ctx = BuildContext(cfg, board, tmp, say, graph=graph, trees=trees)
+    with atomic_project(Path(cfg.out), cfg.force, Path(cfg.model), board.name) as (tmp, scratch):
+        ctx = BuildContext(cfg, board, tmp, say, graph=graph, trees=trees, scratch=scratch)
         for name, fn in (("load", step_load), ("lower", step_lower), ("cost", step_cost), ("vectors", step_vectors),
                          ("render", step_render), ("csim", step_csim)):
             say(name)

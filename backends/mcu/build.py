@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgeq import __version__, mst
+from edgeq.backends import proc
 from edgeq.backends.common import atomic_project, load_vectors
 from edgeq.board import Board, get_board
 from edgeq.emulate import emulate
@@ -67,6 +67,7 @@ class McuContext:
     reference: np.ndarray | None = None
     report: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    scratch: Path | None = None  # the tools' TMPDIR, removed with the build's staging directory
 
 
 def options_for(board: Board, fma: bool = True, simd: str = "auto") -> McuOptions:
@@ -273,7 +274,8 @@ def _kernel_files() -> tuple[list[Path], Path]:
 def step_firmware(ctx: McuContext) -> None:
     ksrc, inc = _kernel_files()
     sizes = toolchain.compile_elf(ctx.board, [*_sources(ctx.tmp), *ksrc], ctx.tmp / "firmware.elf",
-                                  include_dirs=[ctx.tmp / "src", inc], defines=_defines(ctx), workdir=ctx.tmp / "src")
+                                  include_dirs=[ctx.tmp / "src", inc], defines=_defines(ctx), workdir=ctx.tmp / "src",
+                                  tmpdir=ctx.scratch)
     shutil.rmtree(ctx.tmp / "src" / "edgeq_fw", ignore_errors=True)
     ctx.report["firmware"] = {k: v for k, v in sizes.items() if k != "elf"}
 
@@ -284,12 +286,12 @@ def step_host(ctx: McuContext) -> None:
     host.mkdir()
     ksrc, inc = _kernel_files()
     exe = toolchain.host_compile([*_sources(ctx.tmp), *ksrc], host / "model_host",
-                                 include_dirs=[ctx.tmp / "src", inc], defines=_defines(ctx))
+                                 include_dirs=[ctx.tmp / "src", inc], defines=_defines(ctx), tmpdir=ctx.scratch)
     t = time.perf_counter()
-    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1800, cwd=host)
-    if proc.returncode != 0:
-        raise BuildFailed(f"the host build exited with code {proc.returncode}: {proc.stderr.strip()[-300:]}")
-    parsed = parse_run(proc.stdout, ctx.program, len(ctx.x))
+    ran = proc.run([exe], cwd=host, tmpdir=ctx.scratch, timeout=1800)
+    if ran.returncode != 0:
+        raise BuildFailed(f"the host build exited with code {ran.returncode}: {ran.stderr.strip()[-300:]}")
+    parsed = parse_run(ran.stdout, ctx.program, len(ctx.x))
     exe.unlink()
     got, want = parsed["bits"], _bits(ctx.expected, ctx.program)
     # x86 makes negative default NaNs where RISC-V (and the emulator) make canonical +qNaN: same NaN here
@@ -384,8 +386,8 @@ def build(cfg, say: Callable[[str], None] = lambda s: None, fma: bool = True, si
     if board.kind != "mcu":  # pragma: no cover - the CLI dispatches on the board kind
         raise EdgeqError(f"board '{board.name}' is not an MCU board")
     toolchain.find_compiler()  # fail early, with an install hint, when clang is missing
-    with atomic_project(Path(cfg.out), cfg.force, Path(cfg.model)) as tmp:
-        ctx = McuContext(cfg, board, tmp, options_for(board, fma, simd))
+    with atomic_project(Path(cfg.out), cfg.force, Path(cfg.model), board.name) as (tmp, scratch):
+        ctx = McuContext(cfg, board, tmp, options_for(board, fma, simd), scratch=scratch)
         for name, fn in (("load", step_load), ("lower", step_lower), ("plan", step_plan), ("vectors", step_vectors),
                          ("render", step_render), ("firmware", step_firmware), ("host", step_host)):
             say(name)

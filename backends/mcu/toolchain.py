@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from edgeq.backends import proc as child
 from edgeq.board import Board, get_board
 from edgeq.errors import EdgeqError
 
@@ -202,7 +203,7 @@ def write_link_script(board: Board | str, path: str | os.PathLike) -> Path:
 
 def _clang_major(cmd: Sequence[str]) -> int | None:
     try:
-        out = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=30).stdout
+        out = child.run([*cmd, "--version"], timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     m = re.search(r"clang version (\d+)", out)
@@ -363,13 +364,14 @@ def _first_errors(stderr: str, n: int = 3) -> str:
 
 def compile_elf(board: Board | str, sources: Iterable[str | os.PathLike], out_elf: str | os.PathLike,
                 include_dirs: Iterable[str | os.PathLike] = (), defines: Iterable[str] = (),
-                workdir: str | os.PathLike | None = None) -> dict:
+                workdir: str | os.PathLike | None = None, tmpdir: str | os.PathLike | None = None) -> dict:
     """Compile and link firmware for ``board``: crt0 + the board's I/O layer + trap.c + ``sources``, with the
     link script generated from the board's TOML. Returns the sizes read from the ELF (see :func:`elf_sizes`).
 
     ``defines`` are ``NAME`` or ``NAME=VALUE``; they come after the board's I/O defines (:func:`io_defines`).
     The firmware files and link script are staged in ``workdir/edgeq_fw`` (a temporary directory if ``workdir``
-    is None). A compile or link error raises CompileError with the compiler's stderr; a region overflow raises
+    is None); ``tmpdir`` (default: the system's) holds the compiler's temporary files. A compile or link error
+    raises CompileError with the compiler's stderr; a region overflow raises
     EdgeqError naming the region, the overflow in bytes and the board's budget.
     """
     b = _board(board)
@@ -382,7 +384,7 @@ def compile_elf(board: Board | str, sources: Iterable[str | os.PathLike], out_el
     for s in srcs:
         if not s.is_file():
             raise EdgeqError(f"firmware source {s} does not exist")
-    with tempfile.TemporaryDirectory(prefix="edgeq-fw-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeq-fw-", dir=tmpdir) as tmp:
         fwdir = Path(workdir if workdir is not None else tmp).resolve() / "edgeq_fw"
         runtime = _stage_firmware(b, fwdir)
         flags = firmware_flags(b)
@@ -392,7 +394,7 @@ def compile_elf(board: Board | str, sources: Iterable[str | os.PathLike], out_el
                 *(f"-D{d}" for d in [*board_defines, *defines]), *LINK_FLAGS, "-T", str(fwdir / "link.ld"),
                 *map(str, runtime), *map(str, srcs), "-o", str(out)]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            proc = child.run(argv, tmpdir=tmpdir, timeout=600)
         except subprocess.TimeoutExpired:
             raise EdgeqError("the firmware compiler ran for more than 600 s; is a source file huge?") from None
         if proc.returncode != 0:
@@ -415,14 +417,16 @@ def _cpu_has(flag: str) -> bool:
 
 
 def host_compile(sources: Iterable[str | os.PathLike], out_exe: str | os.PathLike,
-                 include_dirs: Iterable[str | os.PathLike] = (), defines: Iterable[str] = ()) -> Path:
+                 include_dirs: Iterable[str | os.PathLike] = (), defines: Iterable[str] = (),
+                 tmpdir: str | os.PathLike | None = None) -> Path:
     """Compile the same firmware C for the host (x86-64) so that ``_Float16`` is computed in half precision.
 
     clang gets ``-Xclang -ffloat16-excess-precision=none`` (plus ``-mf16c`` when the CPU has F16C: one
     instruction per float16 conversion, about 3x faster than gcc's soft-float calls on CNV); gcc (without
     clang) gets ``-fexcess-precision=16``. Both compute every float16 operation once, correctly rounded, and
     give the same bits. ``edgeq_io.h`` is on the include path and selects its stdio implementation
-    (``EDGEQ_HOST`` is defined). Returns the executable's path; errors raise CompileError.
+    (``EDGEQ_HOST`` is defined). ``tmpdir`` (default: the system's) holds the temporary files. Returns the
+    executable's path; errors raise CompileError.
     """
     gcc, clang = shutil.which("gcc"), shutil.which("clang-19") or shutil.which("clang")
     if clang:
@@ -433,11 +437,11 @@ def host_compile(sources: Iterable[str | os.PathLike], out_exe: str | os.PathLik
         raise EdgeqError("no host C compiler (gcc or clang) found; install one: `apt-get install gcc`")
     out = Path(out_exe).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgeq-host-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeq-host-", dir=tmpdir) as tmp:
         (Path(tmp) / "edgeq_io.h").write_bytes(_firmware_file("common", "edgeq_io.h"))
         argv = [*cmd, *flags, "-DEDGEQ_HOST", f"-I{tmp}", *(f"-I{Path(d).resolve()}" for d in include_dirs),
                 *(f"-D{d}" for d in defines), *(str(Path(s).resolve()) for s in sources), "-o", str(out), "-lm"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        proc = child.run(argv, tmpdir=tmpdir, timeout=600)
     if proc.returncode != 0:
         raise CompileError(f"host build did not compile: {_first_errors(proc.stderr)}", proc.stderr, argv)
     return out
