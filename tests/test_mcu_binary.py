@@ -49,7 +49,10 @@ def test_w1a1_bnn_pynq_is_bit_exact_with_and_without_mst(exported, tmp_path, nam
     g = edgeq.load(path)
     binary = [lay.name for lay in mst.xnor_layers(g)]
     runs = {}
-    for tag, extra in (("plain", ()), ("mst", ("--mst",)), ("mst2", ("--mst-depth", "2"))):
+    variants = [("plain", ()), ("mst", ("--mst",)), ("mst2", ("--mst-depth", "2"))]
+    if name == "cnv_1w1a":  # the depth bound is covered by the three MLPs; CNV's builds are the suite's slowest
+        variants = variants[:2]
+    for tag, extra in variants:
         rep, hw, counters = build_and_run(path, tmp_path / tag, *extra)
         runs[tag] = hw
         kernels = {r["layer"]: r["kernel"] for r in rep["mst"]["layers"]}
@@ -64,7 +67,7 @@ def test_w1a1_bnn_pynq_is_bit_exact_with_and_without_mst(exported, tmp_path, nam
             assert all(r["depth"] <= 2 for r in rep["mst"]["layers"])
         per_layer = {r["layer"]: r["instret"] for r in counters["layers"]}
         assert all(min(per_layer[b]) > 0 for b in binary)
-    assert np.array_equal(runs["plain"], runs["mst"]) and np.array_equal(runs["plain"], runs["mst2"])
+    assert all(np.array_equal(runs["plain"], hw) for hw in runs.values())
     x = np.load(tmp_path / "plain" / "vectors" / "input.npy")
     ref = qonnx_reference(path, x).reshape(runs["plain"].shape)
     if name == "cnv_1w1a":  # its first layer (8-bit input) is an FP16 MAC, not binary: top-1 only

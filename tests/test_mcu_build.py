@@ -38,11 +38,16 @@ def _need_tools():
 
 MODELS = {"tfc_2w2a": ("bnn_pynq", "tfc_2w2a", 0), "cnv_2w2a": ("bnn_pynq", "cnv_2w2a", 0),
           "depthwise_cnn": ("depthwise", 0)}
+#: vectors per build: CNV-w2a2 (59 M MACs per inference) is the expensive one on a simulator
+VECTORS = {"tfc_2w2a": 32, "cnv_2w2a": 8, "depthwise_cnn": 32}
+#: (model, board) pairs run end to end: every model on QEMU, and Spike on the two small ones (one network per
+#: simulator for the heavy end: CNV-w2a2 on Spike took 167 s of the suite for the same kernels QEMU runs)
+END_TO_END = [(m, b) for m in MODELS for b in BOARDS if not (m == "cnv_2w2a" and b == "spike-rv32")]
 
 
 @pytest.fixture(scope="module")
 def projects(exported, tmp_path_factory):
-    """Build each model once (32 vectors, debug build); flashing happens per board in the tests."""
+    """Build each model once (VECTORS[model] vectors, debug build); flashing happens per board in the tests."""
     _need_tools()
     root = tmp_path_factory.mktemp("mcu")
     cache = {}
@@ -52,7 +57,7 @@ def projects(exported, tmp_path_factory):
         if key not in cache:
             path, _, _ = exported(*MODELS[model])
             out = root / f"{model}-{board}"
-            res = edgeq_cli("build", path, "--board", board, "--out", out, "--n-vectors", 32, "--trace")
+            res = edgeq_cli("build", path, "--board", board, "--out", out, "--n-vectors", VECTORS[model], "--trace")
             assert res.returncode == 0, res.stderr
             cache[key] = (path, out)
         return cache[key]
@@ -60,22 +65,22 @@ def projects(exported, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("board", BOARDS)
-@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("model,board", END_TO_END)
 def test_build_flash_compare_is_bit_exact(projects, model, board):
     path, out = projects(model, board)
     rep = json.loads((out / "report.json").read_text())
     assert rep["backend"] == "mcu" and rep["board"] == board
     h = rep["host_check"]
-    assert h["status"] == "pass" and h["vectors"] == 32 and h["mismatches"] == 0 and h["values_compared"] >= 320
+    n = VECTORS[model]
+    assert h["status"] == "pass" and h["vectors"] == n and h["mismatches"] == 0 and h["values_compared"] >= 10 * n
 
     res = edgeq_cli("flash", out, "--board", board, "--timeout", 600)
     assert res.returncode == 0, res.stderr
     hw = np.load(out / "hw_outputs.npy")
-    assert hw.dtype == np.float64 and hw.shape[0] == 32
+    assert hw.dtype == np.float64 and hw.shape[0] == n
     counters = json.loads((out / "hw_counters.json").read_text())
     inst = counters["total"]["instret"]
-    assert len(inst) == 32 and min(inst) > 0
+    assert len(inst) == n and min(inst) > 0
     layers = counters["layers"]
     assert [r["layer"] for r in layers] == [lay["name"] for lay in rep["layers"]]
     # debug builds report per-layer counts (a fused element-wise chain on its last layer) and they sum to the
