@@ -71,7 +71,6 @@ def _cleanup(mw, where: str):
         RemoveUnusedTensors,
         SortGraph,
     )
-    from qonnx.transformation.infer_datatypes import InferDataTypes
     from qonnx.transformation.infer_shapes import InferShapes
     from qonnx.transformation.quant_constant_folding import FoldTransposeIntoQuantInit
 
@@ -97,7 +96,11 @@ def _cleanup(mw, where: str):
                     "export with a fixed input shape"
                 )
     try:
-        for t in (
+        # One deep copy, then in place, and qonnx's own cleanup (the same passes plus input sorting) once at the
+        # end: ModelWrapper.transform copies the model and runs five cleanup passes after *every* pass by default,
+        # which made ingest of a small graph cost ~40 ms (the fuzzer's profile). No InferDataTypes: the lowering
+        # reads formats from the quantizer nodes themselves, never qonnx's datatype annotations.
+        for k, t in enumerate((
             InferShapes(),
             GiveUniqueParameterTensors(),
             FoldConstants(exclude_op_types=PRESERVED_OPS),
@@ -106,9 +109,9 @@ def _cleanup(mw, where: str):
             RemoveStaticGraphInputs(),
             SortGraph(),
             InferShapes(),
-            InferDataTypes(),
-        ):
-            mw = mw.transform(t)
+        )):
+            mw = mw.transform(t, make_deepcopy=k == 0, cleanup=False)
+        mw = mw.cleanup()
     except EdgeqError:
         raise
     except Exception as e:
@@ -178,7 +181,7 @@ def quantizer_format(mw, node) -> NumFormat:
                 raise EdgeqError(
                     f"node '{node.name}' (FloatQuant): exponent bit width {eb:g} must be an integer >= 1"
                 )
-            return MiniFloat(
+            fmt = MiniFloat(
                 int(eb),
                 int(mb),
                 bias=bias,
@@ -191,11 +194,30 @@ def quantizer_format(mw, node) -> NumFormat:
                 scale=scale.ravel(),
                 param_shape=_param_shape(scale),
             )
+            _check_floatquant_max(node, fmt, max_val)
+            return fmt
     except EdgeqError:
         raise
     except ValueError as e:
         raise EdgeqError(f"node '{node.name}' ({node.op_type}): {e}") from None
     raise AssertionError(node.op_type)  # pragma: no cover
+
+
+def _check_floatquant_max(node, fmt: MiniFloat, max_val: float | None) -> None:
+    """QONNX executes FloatQuant with every code finite: it clips at min(full range, max_val) whatever has_inf and
+    has_nan say (they only choose what a non-saturating overflow becomes). edgeq's MiniFloat reserves the IEEE/OCP
+    codes for inf/nan, so it is the same quantizer only when max_val is at most the largest non-reserved value.
+    And max_val must be a value of the format: QONNX clips to it exactly, so an off-grid max_val leaves the grid."""
+    qonnx_max = fmt.full_max if max_val is None else min(fmt.full_max, max_val)
+    if qonnx_max != fmt.max:
+        raise EdgeqError(
+            f"node '{node.name}' (FloatQuant): QONNX clips at {qonnx_max:g} (all codes finite), but with "
+            f"has_inf={int(fmt.has_inf)}/has_nan={int(fmt.has_nan)} the largest value of {fmt} is {fmt.max:g}; "
+            f"export max_val <= {fmt.max:g} (Brevitas' OCP/IEEE minifloats do)")
+    step = math.ldexp(1.0, max(math.frexp(qonnx_max)[1] - 1, fmt.min_normal_exponent) - fmt.mantissa_bits)
+    if qonnx_max / step != int(qonnx_max / step):
+        raise EdgeqError(f"node '{node.name}' (FloatQuant): max_val {qonnx_max!r} is not a value of {fmt}; QONNX "
+                         "clips to it exactly, which leaves the minifloat grid; export a representable max_val")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,9 +457,15 @@ class _Lowering:
             x = self.need_dynamic(node)
             lo = self.const(node, 1)
             hi = self.const(node, 2)
-            lo = float(lo) if lo is not None else float(_attr(node, "min", -np.inf))
-            hi = float(hi) if hi is not None else float(_attr(node, "max", np.inf))
-            self.add(node, "Clip", [x], self.tensors[x].format, attrs={"lo": lo, "hi": hi})
+            # ONNX: a missing bound is numeric_limits<float>::lowest()/max(), not -inf/inf (onnxruntime clips inf
+            # to FLT_MAX)
+            f32max = float(np.finfo(np.float32).max)
+            lo = float(lo) if lo is not None else float(_attr(node, "min", -f32max))
+            hi = float(hi) if hi is not None else float(_attr(node, "max", f32max))
+            fmt = self.tensors[x].format
+            if not (_keeps_values(fmt, lo) and _keeps_values(fmt, hi)):
+                fmt = Float32()  # a bound between grid points: the clipped values leave the input's grid
+            self.add(node, "Clip", [x], fmt, attrs={"lo": lo, "hi": hi})
         elif op == "MaxPool":
             x = self.need_dynamic(node)
             self.add(node, "MaxPool", [x], self.tensors[x].format, attrs=self.pool_attrs(node, x))
@@ -446,7 +474,9 @@ class _Lowering:
             attrs = self.pool_attrs(node, x) if op == "AveragePool" else {"global": True}
             attrs["count_include_pad"] = int(_attr(node, "count_include_pad", 0))
             self.add(node, "AvgPool", [x], Float32(), attrs=attrs,
-                     contract=Contract(rounding="once: float32 division of the exact window sum",
+                     contract=Contract(rounding="once: float32 division of the exact window sum (onnxruntime sums "
+                                                "in float32 in its own order: the same when every window sum is exact "
+                                                "in float32, else within gamma_k * sum|x|)",
                                        order="sum then divide", engine="float64 sum, float32 divide"))
         elif op in ("Reshape", "Flatten"):
             x = self.need_dynamic(node)
@@ -545,6 +575,11 @@ class _Lowering:
             in_bits, out_bits = float(consts[2]), int(consts[3])
             trunc_scale = np.float32(2.0 ** (in_bits - out_bits))
             out_scale, version = scale, 1
+        if out_bits == 1 and signed:
+            # QONNX's Quant executes a 1-bit signed grid as bipolar {-1, +1}, but Trunc clips to [-1, 0] (narrow:
+            # [0, 0]); edgeq's Int(1, signed) is the bipolar one, so it cannot state this Trunc's range.
+            raise EdgeqError(f"node '{node.name}' (Trunc): a 1-bit signed output is unsupported (QONNX clips it to "
+                             "[-1, 0], not bipolar); use out_bits >= 2 or an unsigned output")
         try:
             fmt = Int(out_bits, signed=signed, narrow=narrow, scale=out_scale.ravel(), rounding=mode,
                       param_shape=_param_shape(out_scale))
@@ -587,6 +622,8 @@ class _Lowering:
                 raise EdgeqError(f"node '{node.name}' ({op}): {op} of two activations is unsupported; only Add")
             a, b = (self.name(t) for t in node.input)
             fa, fb = exact_fixed(self.tensors[a].format), exact_fixed(self.tensors[b].format)
+            if _can_be_nonfinite(self.tensors[a].format) or _can_be_nonfinite(self.tensors[b].format):
+                fa = fb = None  # inf/NaN values: the float32 add, as QONNX
             out_fmt: NumFormat = Float32()
             contract = Contract(rounding="float32 add (one rounding)", engine="float32 numpy")
             if fa is not None and fb is not None:
@@ -630,7 +667,7 @@ class _Lowering:
         if op not in ("Mul", "Add", "Sub"):
             return None
         ct = next((t for t in node.input if t in self.qconst), None)
-        fx = exact_fixed(self.tensors[x].format)
+        fx = None if _can_be_nonfinite(self.tensors[x].format) else exact_fixed(self.tensors[x].format)
         if fx is None or ct is None:
             return None
         fc = exact_fixed(self.qconst[ct][1])
@@ -659,6 +696,12 @@ class _Lowering:
     def _mac_layer(self, node, op: str, x: str, w: np.ndarray, wfmt: NumFormat, bias_idx: int | None,
                    k: int, attrs: dict[str, Any]) -> None:
         xfmt = self.quantized_input(node, x)
+        if _can_be_nonfinite(xfmt):
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): input '{x}' is {xfmt}, which turns overflow into "
+                             "inf/NaN; integer accumulation needs finite inputs: use a saturating minifloat")
+        if not np.all(np.isfinite(w)):
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): quantized weights contain inf/NaN ({wfmt} is "
+                             "not saturating and a weight overflows it); use a saturating weight format")
         gx, gw = grid_of(xfmt), grid_of(wfmt)
         if gw is None:
             raise EdgeqError(f"node '{node.name}' ({node.op_type}): weight format {wfmt} has no exact integer grid")
@@ -743,6 +786,24 @@ class _Lowering:
         if w.ndim != 2:
             raise EdgeqError(f"node '{node.name}' ({node.op_type}): weight must be 2-D, got {w.shape}")
         self._mac_layer(node, "Dense", x, np.ascontiguousarray(w), wfmt, bias_idx, int(w.shape[0]), {})
+
+
+def _keeps_values(fmt: NumFormat, bound: float) -> bool:
+    """True when clipping a tensor of ``fmt`` at ``bound`` leaves every value a value of ``fmt``: the bound is
+    outside the format's range or is itself one of its values (conservatively: its own quantization)."""
+    if isinstance(fmt, Float32) or not math.isfinite(bound) or not fmt.min < bound < fmt.max:
+        return True
+    if isinstance(fmt, (Int, MiniFloat, Binary)) and len(getattr(fmt, "scale", ())) > 1:
+        return False  # per-channel grids: a bound is a value of some channels only
+    try:
+        return bool(fmt.quantize(np.float32(bound)) == bound)
+    except Exception:
+        return False
+
+
+def _can_be_nonfinite(fmt: NumFormat) -> bool:
+    """A non-saturating minifloat quantizer turns overflow into inf or NaN: not values on any integer grid."""
+    return isinstance(fmt, MiniFloat) and not fmt.saturating
 
 
 def _on_grid(v: np.ndarray, lsb: float) -> bool:
