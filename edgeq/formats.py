@@ -30,6 +30,8 @@ import numpy as np
 #: Rounding modes, named as in ap_fixed (without the ``AP_`` prefix), plus the two directed modes
 #: QONNX also has (CEIL = toward +inf, UP = away from zero).
 ROUNDING_MODES = ("TRN", "TRN_ZERO", "RND", "RND_ZERO", "RND_MIN_INF", "RND_INF", "RND_CONV", "CEIL", "UP")
+#: The rounding modes ap_fixed has (``AP_`` + name); CEIL and UP have no ap_fixed mode.
+AP_ROUNDING_MODES = ROUNDING_MODES[:7]
 
 #: QONNX ``rounding_mode`` strings (Quant, Trunc, FloatQuant) -> edgeq rounding mode.
 QONNX_ROUNDING = {
@@ -369,6 +371,8 @@ class FixedPoint(NumFormat):
     def ctype(self, backend: str = "hls") -> str:
         base = "ap_fixed" if self.signed else "ap_ufixed"
         if backend == "hls":
+            if self.rounding not in AP_ROUNDING_MODES:
+                raise ValueError(f"ap_fixed has no rounding mode {self.rounding} ({self})")
             return f"{base}<{self.width},{self.int_bits},AP_{self.rounding},AP_{self.overflow}>"
         if backend == "c":
             return _c_int_type(self.width, self.signed)
@@ -655,11 +659,16 @@ class MiniFloat(NumFormat):
     def max(self) -> float:
         e_top = (1 << self.exponent_bits) - 1 - self.bias
         m = self.mantissa_bits
+        # With one exponent bit, reserving the top exponent leaves only subnormals (exponent field 0): the largest
+        # finite value is then the largest subnormal, not a "normal" of exponent e_top - 1 (which is no value).
         if self.has_inf:
-            top = math.ldexp(2.0 - math.ldexp(1.0, -m), e_top - 1)
+            if e_top - 1 >= self.min_normal_exponent:
+                top = math.ldexp(2.0 - math.ldexp(1.0, -m), e_top - 1)
+            else:
+                top = math.ldexp(1.0 - math.ldexp(1.0, -m), self.min_normal_exponent)
         elif self.has_nan:
             if m == 0:
-                top = math.ldexp(1.0, e_top - 1)
+                top = math.ldexp(1.0, e_top - 1) if e_top - 1 >= self.min_normal_exponent else 0.0
             else:
                 top = math.ldexp(2.0 - math.ldexp(1.0, 1 - m), e_top)
         else:
