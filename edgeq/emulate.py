@@ -33,13 +33,16 @@ from edgeq.ir import Graph, Layer
 _F32 = np.float32
 
 
-def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = None, raw_trace: bool = False):
+def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = None, raw_trace: bool = False,
+            finite_input: bool = True):
     """Run ``graph`` on the batch ``x`` (batch axis first). Returns decoded float64 outputs.
 
     With ``trace=True`` returns ``(output, {layer_name: layer_output})`` as float64 values; with
     ``raw_trace=True`` too, the trace keeps the stored arrays instead, i.e. exact int64 codes for
     fixed-point accumulators wider than 53 bits (which float64 would round). ``progress`` is an
-    optional callable ``progress(done_layers, total_layers)``.
+    optional callable ``progress(done_layers, total_layers)``. A user's input must be finite (NaN or inf raises
+    EdgeqError); ``finite_input=False`` is for a graph that continues another one (the host tail after an
+    accelerator), whose inputs may legitimately be the inf a non-saturating format produced.
     """
     x = np.asarray(x)
     inp = graph.input
@@ -51,7 +54,7 @@ def emulate(graph: Graph, x: np.ndarray, trace: bool = False, progress: Any = No
             f"input has shape {tuple(x.shape)}, but model input '{inp.name}' expects (batch, "
             f"{', '.join(map(str, inp.shape))}); reshape it, keeping the batch as the first axis"
         )
-    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+    if finite_input and x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         bad = np.argwhere(~np.isfinite(x))[0]
         where = tuple(int(i) for i in bad)
         raise EdgeqError(f"input contains NaN or infinity (first at index {where}); clean the data")

@@ -49,7 +49,7 @@ class HostGlue:
             codes = codes.astype(np.int64)
         shape = (len(codes),) + tuple(self.tail.input.shape)
         values = self.out_format.decode(codes).reshape(shape)
-        return emulate(self.tail, values) if self.tail.layers else values.astype(np.float64)
+        return emulate(self.tail, values, finite_input=False) if self.tail.layers else values.astype(np.float64)
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)

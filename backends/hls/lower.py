@@ -49,7 +49,7 @@ import numpy as np
 from edgeq import mst
 from edgeq.emulate import grid_codes, mac_rescale, rescale_factor, run_chain
 from edgeq.errors import EdgeqError
-from edgeq.formats import Binary, FixedPoint, Float32, Int, MiniFloat, NumFormat, csd_digits
+from edgeq.formats import AP_ROUNDING_MODES, Binary, FixedPoint, Float32, Int, MiniFloat, NumFormat, csd_digits
 from edgeq.host import HostGlue
 from edgeq.ingest import _bits_for, exact_fixed, grid_of, is_power_of_two
 from edgeq.ir import Graph, Layer
@@ -338,6 +338,8 @@ class _Lowerer:
         t = self.hw(name)
         if isinstance(t.format, FixedPoint) and t.rescale is None:
             return t
+        if isinstance(t.format, MiniFloat) and not t.format.saturating:
+            raise _nonfinite_input(lay, name, t.format)
         fx = exact_fixed(t.format) if isinstance(t.format, MiniFloat) else None
         if fx is None:
             raise EdgeqError(
@@ -370,6 +372,8 @@ class _Lowerer:
         else step codes A whose values f32(A * f32(step * scale)) are exactly the minifloat's f32(q * scale)
         (A has at most M + 1 significant bits, so f32(A) is exact), i.e. the rescale with m = step * scale."""
         fmt = t.format
+        if not fmt.saturating:
+            raise _nonfinite_input(lay, t.name, fmt)
         if exact_fixed(fmt) is not None:
             return self.fixed_in(t.name, lay)
         m = np.float32(fmt.step * fmt.scale[0])
@@ -617,6 +621,8 @@ class _Lowerer:
         direct = None
         if len(glue) == 1 and q.op == "Quantize" and x.rescale is None and isinstance(x.format, FixedPoint):
             direct = fmt.as_fixed() if isinstance(fmt, Int) else fmt if isinstance(fmt, FixedPoint) else None
+        if direct is not None and direct.rounding not in AP_ROUNDING_MODES:
+            direct = None  # CEIL/UP have no ap_fixed mode: thresholds derived from the emulator's own rule
         if direct is not None:
             # ap_fixed's own cast rule (e.g. AP_RND_CONV, AP_SAT) on the exact accumulator.
             self.add("Cast", [x.name], out, glue, attrs={"cast_to": direct})
@@ -722,10 +728,18 @@ class _Lowerer:
         first = min(first, max(0, last - 1))
         last = max(last, first + 1)
         thr = thr[:, first:last]
+        if thr.shape[1] == 0:  # a one-code output format: one level no input reaches keeps the kernel's arrays real
+            thr = (end + 1).astype(np.int64)
         self.add("Threshold", [x.name], out, chain,
                  attrs={"levels": int(thr.shape[1]), "base": int(qmin + first), "exhaustive": exhaustive,
                         "domain": [lo, hi], "minifloat_bits": out.minifloat_bits},
                  params={"thresholds": thr, "sign": sign.astype(np.int64)})
+
+
+def _nonfinite_input(lay: Layer, name: str, fmt: MiniFloat) -> EdgeqError:
+    return EdgeqError(f"{_node(lay)}: input '{name}' is {fmt}, a non-saturating minifloat (overflow gives inf/NaN), "
+                      f"which has no fixed-point codes for {lay.op}; quantize it with saturation (Brevitas "
+                      "minifloat quantizers saturate by default), or requantize before this layer")
 
 
 def level_range(fmt: NumFormat) -> tuple[int, int]:

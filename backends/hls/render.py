@@ -269,9 +269,14 @@ class Renderer:
             fx_in: FixedPoint = x.format
             fx_out: FixedPoint = a["cast_to"]
             in_fx = FixedPoint(fx_in.width, fx_in.int_bits, fx_in.signed).ctype("hls")
+            # ap_fixed's conversion reads the input's bits down to the output's rounding position: where that lies
+            # above the input's MSB (an output step far coarser than the input's range) csim aborts ("read bit
+            # beyond MSB"). Extending the input by integer bits first is exact and keeps every bit it reads real.
+            ext = max(0, fx_in.frac_bits - fx_out.frac_bits + 1 - fx_in.width)
+            wide_fx = FixedPoint(fx_in.width + ext, fx_in.int_bits + ext, fx_in.signed).ctype("hls")
             out_int = f"ap_{'' if fx_out.signed else 'u'}int<{fx_out.width}>"
             inc.append('#include "edgeq_cast.h"')
-            body = (f"    edgeq_cast<{xt}, {yt}, {in_fx}, {fx_in.width}, {fx_out.ctype('hls')}, {out_int}, "
+            body = (f"    edgeq_cast<{xt}, {yt}, {in_fx}, {wide_fx}, {fx_in.width}, {fx_out.ctype('hls')}, {out_int}, "
                     f"{fx_out.width}, {x.elements}>(x0, y);")
         elif lay.op == "MaxPool":
             c, h, w = x.shape
