@@ -1,0 +1,58 @@
+"""The fuzzer's hardware backends (edgeq.backends.fuzz): random QONNX graphs through the FPGA C simulation (g++
+against the Xilinx ap_types headers) and the MCU firmware under QEMU, bit for bit against edgeq.emulate (which the
+emulate backend holds to QONNX's execute_onnx)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeq import fuzz
+from edgeq.backends import fuzz as hw
+
+HLS_REGRESSIONS = sorted((Path(__file__).parent / "fuzz_regressions" / "hls").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("path", HLS_REGRESSIONS, ids=[p.stem for p in HLS_REGRESSIONS])
+def test_saved_hls_regression_builds_and_csim_equals_the_emulator(path):
+    case, meta = fuzz.load_regression(path)
+    (res,) = hw.hls([case])
+    assert res.outcome == meta["expect"], f"{path.stem}: {res.outcome}: {res.message} ({meta['note']})"
+
+
+def test_a_seeded_slice_of_random_graphs_is_exact_or_refused_on_the_fpga():
+    results = hw.hls([fuzz.case(7, i) for i in range(60)])
+    failed = [(i, r.message) for i, r in enumerate(results) if r.outcome == "failed"]
+    assert not failed, failed
+    assert sum(r.outcome == "exact" for r in results) >= 10  # the slice reaches csim, it is not all refusals
+
+
+def test_a_planted_csim_bug_is_a_failure_that_names_the_outputs(monkeypatch):
+    """The same batch, with the test bench's Threshold kernel counting one level too many: csim must disagree."""
+    from edgeq.backends.hls import render as render_mod
+
+    real = render_mod.render
+
+    def planted(design, root, n_vectors=64):
+        info = real(design, root, n_vectors)
+        k = root / "hls" / "edgeq_kernels.h"
+        count = "q += (v >= thr[c * L + k]) ? 1 : 0;"
+        k.write_text(k.read_text().replace(count, count.replace("? 1", "? 2")))
+        return info
+
+    monkeypatch.setattr(render_mod, "render", planted)
+    cases = [fuzz.case(7, i) for i in range(60)]
+    results = hw.hls(cases)
+    assert any(r.outcome == "failed" and "csim differs from the emulator" in r.message for r in results)
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-riscv32") is None or shutil.which("clang-19") is None,
+                    reason="QEMU or clang-19 missing (make setup installs them)")
+def test_random_graphs_run_on_qemu_exactly_as_the_emulator_or_are_refused():
+    results = hw.mcu([fuzz.case(7, i) for i in range(6)])
+    assert not [r.message for r in results if r.outcome == "failed"]
+    assert any(r.outcome == "exact" for r in results)
+    assert np.all([r.seconds > 0 for r in results])
