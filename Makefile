@@ -17,7 +17,7 @@ TORCH  := torch==2.13.0
 # checks) are installed below when missing.
 APT_PACKAGES ?= clang-19 lld-19 qemu-system-misc device-tree-compiler
 
-.PHONY: setup lock demo test lint bench clean
+.PHONY: setup lock demo test lint bench fuzz clean
 LOCK   := requirements.lock
 
 setup: $(STAMP)
@@ -54,6 +54,13 @@ lint: setup
 
 bench: setup
 	$(PY) bench/emulator.py
+
+# The differential fuzzer at its goal sizes (about an hour on 2 cores); `make test` runs seeded slices of it.
+SEED ?= 0
+fuzz: setup
+	$(PY) bench/fuzz.py --cases 100000 --minutes 30 --seed $(SEED) --backends emulate
+	$(PY) bench/fuzz.py --cases 10000 --minutes 30 --seed $(SEED) --backends hls
+	$(PY) bench/fuzz.py --cases 10000 --minutes 10 --seed $(SEED) --backends mcu
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache build dist *.egg-info

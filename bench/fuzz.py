@@ -117,10 +117,13 @@ def main(argv=None) -> int:
         fails = [i for i, r in results if r.outcome == "failed"]
         failed |= bool(fails)
         if args.save_regressions:
+            run = fuzz.BACKENDS[backend]
+            # hardware regressions go to a folder per backend (tests/test_fuzz_hw.py replays tests/.../hls)
+            where = args.save_regressions if backend == "emulate" else os.path.join(args.save_regressions, backend)
             for i in fails[:10]:
-                small = fuzz.shrink(fuzz.case(args.seed, i))
-                path = fuzz.save_regression(small, args.save_regressions, f"seed{args.seed}_case{i}", "exact",
-                                            note=fuzz.check(small).message)
+                small = fuzz.shrink(fuzz.case(args.seed, i), lambda k, run=run: run([k])[0].outcome == "failed")
+                path = fuzz.save_regression(small, where, f"seed{args.seed}_case{i}", "exact",
+                                            note=run([small])[0].message)
                 print(f"  shrunk case {i} to {small.n_layers} nodes: {path}")
     return 1 if failed else 0
 

@@ -26,8 +26,15 @@ def test_the_lock_pins_every_package_to_one_exact_version():
     assert int(pins["onnx"].split(".")[1]) < 23  # onnxruntime rejects IR version 14 (onnx>=1.23)
 
 
+def _installed(name: str) -> str | None:
+    """The version Python imports: the first distribution on sys.path (setuptools appends its own vendored
+    packaging/zipp/importlib-metadata behind site-packages once imported; those are not the venv's)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def test_the_installed_venv_matches_the_lock():
-    installed = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in metadata.distributions()}
-    wrong = {name: (version, installed.get(name)) for name, version in _pins().items()
-             if installed.get(name) != version}
+    wrong = {name: (version, _installed(name)) for name, version in _pins().items() if _installed(name) != version}
     assert not wrong, f"venv differs from requirements.lock (locked, installed): {wrong}; run `make setup`"
