@@ -80,7 +80,10 @@ def step(graph: Graph, layer: Layer, env: dict[str, np.ndarray]) -> np.ndarray:
     mcu = layer.contract.engine in _MCU_ENGINES or layer.contract.engine.startswith("fp16")
     with np.errstate(all="ignore") if mcu else contextlib.nullcontext():  # MCU: inf and NaN follow IEEE rules
         y = run_layer(graph, layer, xs)
-        y = y.astype(storage_dtype(graph.tensors[layer.output].format), copy=False)
+        out_dtype = storage_dtype(graph.tensors[layer.output].format)
+        if out_dtype is np.int64 and y.dtype.kind == "f":  # values of a wide fixed-point output: to its codes
+            y = np.rint(np.ldexp(y, graph.tensors[layer.output].format.frac_bits))
+        y = y.astype(out_dtype, copy=False)
     if mcu:
         # MCU programs: a NaN is RISC-V's canonical quiet NaN (+, payload 0), whatever numpy produced
         nan = np.isnan(y)
@@ -107,7 +110,7 @@ def run_chain(graph: Graph, layers: list[Layer], x: np.ndarray) -> np.ndarray:
 _MCU_ENGINES = {"fp32", "exact"}
 
 #: ops that take int64 codes of wide fixed-point tensors as they are (order-preserving or exact casts)
-_CODE_OPS = {"Quantize", "Relu", "MaxPool", "Reshape", "Transpose"}
+_CODE_OPS = {"Quantize", "Relu", "Clip", "MaxPool", "Reshape", "Transpose"}
 
 
 def storage_dtype(fmt) -> type:
@@ -211,6 +214,12 @@ def _relu(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
 
 def _clip(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     lo, hi = float(_F32(layer.attrs["lo"])), float(_F32(layer.attrs["hi"]))
+    if x.dtype.kind == "i":  # int64 codes of a wide fixed-point tensor: the bounds in codes (exact)
+        frac = graph.tensors[layer.inputs[0]].format.frac_bits
+        big = np.iinfo(np.int64)
+        lo_c = big.min if math.ldexp(lo, frac) <= big.min else math.ceil(math.ldexp(lo, frac))
+        hi_c = big.max if math.ldexp(hi, frac) >= big.max else math.floor(math.ldexp(hi, frac))
+        return np.clip(x, lo_c, hi_c)
     return np.clip(x, lo, hi)
 
 
