@@ -313,6 +313,9 @@ class _Lowering:
         self.alias: dict[str, str] = {}
         # quantized constants: tensor name -> (values float64, format)
         self.qconst: dict[str, tuple[np.ndarray, NumFormat]] = {}
+        # tensors that may hold inf/NaN: a non-saturating minifloat's output and everything computed from it
+        # (an integer quantizer keeps NaN; only a bipolar one maps every value to +-1)
+        self.nonfinite: set[str] = set()
 
     # -- helpers -----------------------------------------------------------------------------
     def name(self, t: str) -> str:
@@ -346,6 +349,8 @@ class _Lowering:
         )
         self.layers.append(layer)
         self.tensors[out] = Tensor(out, self.shape(out), fmt)
+        if _can_be_nonfinite(fmt) or (not isinstance(fmt, Binary) and any(i in self.nonfinite for i in layer.inputs)):
+            self.nonfinite.add(out)
         return layer
 
     def need_dynamic(self, node, idx: int = 0) -> str:
@@ -622,7 +627,7 @@ class _Lowering:
                 raise EdgeqError(f"node '{node.name}' ({op}): {op} of two activations is unsupported; only Add")
             a, b = (self.name(t) for t in node.input)
             fa, fb = exact_fixed(self.tensors[a].format), exact_fixed(self.tensors[b].format)
-            if _can_be_nonfinite(self.tensors[a].format) or _can_be_nonfinite(self.tensors[b].format):
+            if a in self.nonfinite or b in self.nonfinite:
                 fa = fb = None  # inf/NaN values: the float32 add, as QONNX
             out_fmt: NumFormat = Float32()
             contract = Contract(rounding="float32 add (one rounding)", engine="float32 numpy")
@@ -667,7 +672,7 @@ class _Lowering:
         if op not in ("Mul", "Add", "Sub"):
             return None
         ct = next((t for t in node.input if t in self.qconst), None)
-        fx = None if _can_be_nonfinite(self.tensors[x].format) else exact_fixed(self.tensors[x].format)
+        fx = None if x in self.nonfinite else exact_fixed(self.tensors[x].format)
         if fx is None or ct is None:
             return None
         fc = exact_fixed(self.qconst[ct][1])
@@ -696,9 +701,10 @@ class _Lowering:
     def _mac_layer(self, node, op: str, x: str, w: np.ndarray, wfmt: NumFormat, bias_idx: int | None,
                    k: int, attrs: dict[str, Any]) -> None:
         xfmt = self.quantized_input(node, x)
-        if _can_be_nonfinite(xfmt):
-            raise EdgeqError(f"node '{node.name}' ({node.op_type}): input '{x}' is {xfmt}, which turns overflow into "
-                             "inf/NaN; integer accumulation needs finite inputs: use a saturating minifloat")
+        if x in self.nonfinite:
+            raise EdgeqError(f"node '{node.name}' ({node.op_type}): input '{x}' is {xfmt}, computed from a "
+                             "non-saturating minifloat that turns overflow into inf/NaN; integer accumulation needs "
+                             "finite inputs: use a saturating minifloat")
         if not np.all(np.isfinite(w)):
             raise EdgeqError(f"node '{node.name}' ({node.op_type}): quantized weights contain inf/NaN ({wfmt} is "
                              "not saturating and a weight overflows it); use a saturating weight format")
