@@ -13,14 +13,25 @@ import pytest
 from edgeq import fuzz
 from edgeq.backends import fuzz as hw
 
-HLS_REGRESSIONS = sorted((Path(__file__).parent / "fuzz_regressions" / "hls").glob("*.onnx"))
+HLS_DIR = Path(__file__).parent / "fuzz_regressions" / "hls"
+#: bugs the fuzzer found that are not fixed yet (names start with "open_"): strict xfails, so a fix shows at once
+HLS_REGRESSIONS = [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="open FPGA bug found by the fuzzer"))
+                   if p.stem.startswith("open_") else p for p in sorted(HLS_DIR.glob("*.onnx"))]
 
 
-@pytest.mark.parametrize("path", HLS_REGRESSIONS, ids=[p.stem for p in HLS_REGRESSIONS])
-def test_saved_hls_regression_builds_and_csim_equals_the_emulator(path):
-    case, meta = fuzz.load_regression(path)
-    (res,) = hw.hls([case])
+@pytest.mark.parametrize("path", HLS_REGRESSIONS, ids=[p.stem for p in sorted(HLS_DIR.glob("*.onnx"))])
+def test_saved_hls_regression_builds_and_csim_equals_the_emulator(path, hls_regressions):
+    res, meta = hls_regressions[path.stem]
     assert res.outcome == meta["expect"], f"{path.stem}: {res.outcome}: {res.message} ({meta['note']})"
+
+
+@pytest.fixture(scope="module")
+def hls_regressions():
+    """{name: (result, expectation)}: every saved FPGA regression through one g++ compile."""
+    paths = sorted(HLS_DIR.glob("*.onnx"))
+    loaded = [fuzz.load_regression(p) for p in paths]
+    results = hw.hls([case for case, _ in loaded])
+    return {p.stem: (r, meta) for p, r, (_, meta) in zip(paths, results, loaded)}
 
 
 def test_a_seeded_slice_of_random_graphs_is_exact_or_refused_on_the_fpga():
