@@ -380,7 +380,8 @@ def _mac_output(graph: Graph, layer: Layer, acc: np.ndarray, out_lsb: np.ndarray
     if bias_codes is not None:
         acc = acc + bias_codes
     if storage_dtype(fmt) is np.int64:  # wide accumulator: keep exact codes in units of the format's lsb
-        return acc * np.rint(out_lsb / math.ldexp(1.0, -fmt.frac_bits)).astype(np.int64)
+        # (a float64 BLAS sum is an exact integer below 2^53: cast it, so the result is codes, not values)
+        return acc.astype(np.int64) * np.rint(out_lsb / math.ldexp(1.0, -fmt.frac_bits)).astype(np.int64)
     if acc.dtype == _F32 and storage_dtype(fmt) is _F32 and is_power_of_two(out_lsb):
         return acc * out_lsb.astype(_F32)  # exact: integer codes times a power of two, within 24 bits
     return acc.astype(np.float64) * out_lsb
