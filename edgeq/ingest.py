@@ -457,7 +457,12 @@ class _Lowering:
             self.lower_binary(node, dyn)
         elif op == "Relu":
             x = self.need_dynamic(node)
-            self.add(node, "Relu", [x], self.tensors[x].format)
+            fmt = self.tensors[x].format
+            if isinstance(fmt, Binary):  # ReLU of +-s is {0, s}: no longer bipolar (an XNOR kernel would read -s)
+                scale = np.asarray(fmt.scale)
+                fmt = Int(1, signed=False, scale=scale, param_shape=fmt.param_shape) if np.all(scale > 0) \
+                    else Float32()
+            self.add(node, "Relu", [x], fmt)
         elif op == "Clip":
             x = self.need_dynamic(node)
             lo = self.const(node, 1)
