@@ -60,10 +60,72 @@ def test_a_planted_csim_bug_is_a_failure_that_names_the_outputs(monkeypatch):
     assert any(r.outcome == "failed" and "csim differs from the emulator" in r.message for r in results)
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-riscv32") is None or shutil.which("clang-19") is None,
-                    reason="QEMU or clang-19 missing (make setup installs them)")
-def test_random_graphs_run_on_qemu_exactly_as_the_emulator_or_are_refused():
-    results = hw.mcu([fuzz.case(7, i) for i in range(6)])
+NO_QEMU = pytest.mark.skipif(shutil.which("qemu-system-riscv32") is None or shutil.which("clang-19") is None,
+                             reason="QEMU or clang-19 missing (make setup installs them)")
+
+
+@pytest.fixture(scope="module")
+def mcu_slice():
+    cases = [fuzz.case(7, i) for i in range(32)]
+    return cases, hw.mcu(cases)
+
+
+@NO_QEMU
+def test_random_graphs_run_on_qemu_exactly_as_the_emulator_or_are_refused(mcu_slice):
+    """32 graphs in one firmware image and one host build: each design's outputs, bit for bit."""
+    _, results = mcu_slice
     assert not [r.message for r in results if r.outcome == "failed"]
-    assert any(r.outcome == "exact" for r in results)
+    assert sum(r.outcome == "exact" for r in results) >= 8  # the slice reaches QEMU, it is not all refusals
     assert np.all([r.seconds > 0 for r in results])
+
+
+def _patched_kernels(tmp_path, old: str, new: str):
+    from edgeq.backends.mcu import build as mb
+
+    srcs, inc = mb._kernel_files()
+    dst = tmp_path / "common"
+    shutil.copytree(inc, dst)
+    nn = dst / "edgeq_nn.c"
+    assert old in nn.read_text()
+    nn.write_text(nn.read_text().replace(old, new))
+    return lambda: ([dst / p.name for p in srcs], dst)
+
+
+@NO_QEMU
+def test_a_planted_kernel_bug_is_a_failure_of_exactly_the_designs_it_touches(tmp_path, monkeypatch, mcu_slice):
+    """The MAC kernels' 1-lane finish adds 2^-10: designs with a Conv or Dense layer fail (the host build is
+    checked first, as the build's host check is), the others stay exact in the same firmware image."""
+    from edgeq.backends.mcu import build as mb
+
+    cases, clean = mcu_slice
+    monkeypatch.setattr(mb, "_kernel_files", _patched_kernels(
+        tmp_path, "return (edgeq_f16)(a + bias); }", "return (edgeq_f16)(a + bias + (edgeq_f16)0x1p-10f); }"))
+    results = hw.mcu(cases)
+    failed = [i for i, r in enumerate(results) if r.outcome == "failed"]
+    assert failed and all("the host build differs from the emulator" in results[i].message for i in failed)
+    assert all(clean[i].outcome == "exact" for i in failed)
+    assert any(r.outcome == "exact" for r in results)
+    assert all({"Conv", "MatMul", "Gemm"} & {n.op_type for n in cases[i].model.graph.node} for i in failed)
+
+
+@NO_QEMU
+def test_a_design_that_does_not_compile_is_split_out_of_its_batch(monkeypatch, mcu_slice):
+    """One design's C gets a syntax error: it alone fails, naming the compiler's error; the rest are exact."""
+    from edgeq.backends.mcu import build as mb
+
+    cases, clean = mcu_slice
+    victim = next(i for i, r in enumerate(clean) if r.outcome == "exact")
+    real = mb.step_render
+
+    def planted(ctx):
+        real(ctx)
+        if ctx.tmp.name == f"d{victim}":
+            model_c = ctx.tmp / "src" / "model.c"
+            model_c.write_text(model_c.read_text() + "\nthis is not C;\n")
+
+    monkeypatch.setattr(mb, "step_render", planted)
+    cases = cases[:victim + 4]
+    results = hw.mcu(cases)
+    assert results[victim].outcome == "failed" and "did not build" in results[victim].message
+    assert [i for i, r in enumerate(results) if r.outcome == "failed"] == [victim]
+    assert all(r.outcome == c.outcome for r, c in zip(results, clean) if r is not results[victim])

@@ -107,7 +107,8 @@ def fits_f16(fmt: NumFormat) -> bool:
     if isinstance(fmt, Float16):
         return True
     v = grid_values(fmt)
-    return v is not None and bool(np.all(v.astype(np.float16).astype(np.float32) == v))
+    with np.errstate(over="ignore"):  # a value beyond float16's range becomes inf: not exact, no warning
+        return v is not None and bool(np.all(v.astype(np.float16).astype(np.float32) == v))
 
 
 def _to_f16(values: np.ndarray, layer: str, what: str, notes: list[Conversion]) -> np.ndarray:
