@@ -98,8 +98,10 @@ dense_n:
 // ---- Threshold: y = base + #{k : s*x >= T[c][k]} (folded BatchNorm/activation + quantizer) ----
 // The thresholds of a channel are sorted, so the count is an upper bound: up to 15 levels it is a
 // row of parallel comparators; beyond, a binary search of LOG2 = ceil(log2(L+1)) comparisons.
-// MFBITS > 0: the count is the signed ordinal of an output minifloat of MFBITS bits, written as its bits.
-template <typename XT, typename TT, typename YT, int C, int HW, int L, int LOG2, int MFBITS = 0>
+// MFBITS > 0: the count is the signed ordinal of an output minifloat of MFBITS bits, written as its bits; MFTOP > 0:
+// the ordinal +-MFTOP is the overflow code, of magnitude bits MFOVF (edgeq_mf_from_ordinal).
+template <typename XT, typename TT, typename YT, int C, int HW, int L, int LOG2, int MFBITS = 0, int MFTOP = 0,
+          int MFOVF = 0>
 void edgeq_threshold(const XT x[C * HW], const TT thr[C * L], const int8_t sign[C], int base, YT y[C * HW]) {
 thr_c:
     for (int c = 0; c < C; c++) {
@@ -130,7 +132,7 @@ thr_c:
                     }
                 }
             }
-            y[c * HW + i] = MFBITS ? (YT)edgeq_mf_from_ordinal<(MFBITS > 0 ? MFBITS : 1)>(base + q) : (YT)(base + q);
+            y[c * HW + i] = MFBITS ? (YT)edgeq_mf_from_ordinal<(MFBITS > 0 ? MFBITS : 1), MFTOP, MFOVF>(base + q) : (YT)(base + q);
         }
     }
 }

@@ -72,10 +72,14 @@ static inline int64_t edgeq_mf_ordinal(int64_t b) {
     return ((b >> (BITS - 1)) & 1) ? -mag : mag;
 }
 
-template <int BITS>
+// TOP > 0: the ordinal +-TOP stands for the overflow code, whose magnitude bits are OVF (a FloatQuant max_val below
+// the format's own largest value leaves the codes between unused: overflow jumps to +-inf or the "fn" NaN code).
+template <int BITS, int TOP = 0, int OVF = 0>
 static inline int64_t edgeq_mf_from_ordinal(int64_t o) {
 #pragma HLS INLINE
-    return o < 0 ? (((int64_t)1 << (BITS - 1)) | -o) : o;
+    int64_t mag = o < 0 ? -o : o;
+    if (TOP > 0 && mag == TOP) mag = OVF;
+    return o < 0 ? (((int64_t)1 << (BITS - 1)) | mag) : mag;
 }
 
 // ---- Decode: minifloat bits -> fixed-point codes (for Add, pools and thresholds on power-of-two scales) -----------

@@ -263,7 +263,9 @@ class Renderer:
             hw = x.elements // c
             tt = _thr_type(thr, x.width)
             log2 = max(1, int(a["levels"]).bit_length())
-            body = (f"    edgeq_threshold<{xt}, {tt}, {yt}, {c}, {hw}, {a['levels']}, {log2}, {y.minifloat_bits}>"
+            top, ovf = a.get("minifloat_top", (0, 0))
+            mf = f"{y.minifloat_bits}, {top}, {ovf}" if ovf and ovf != top else f"{y.minifloat_bits}"
+            body = (f"    edgeq_threshold<{xt}, {tt}, {yt}, {c}, {hw}, {a['levels']}, {log2}, {mf}>"
                     f"(x0, {name}_thresholds, {name}_sign, {a['base']}, y);")
         elif lay.op == "Cast":
             fx_in: FixedPoint = x.format
