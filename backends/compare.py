@@ -14,6 +14,7 @@ layer by layer with the emulator too.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zipfile
@@ -80,6 +81,17 @@ def _max(d: np.ndarray) -> float | None:
     return float(d.max()) if d.size else None
 
 
+def _typed_input(d: Path):
+    """The input format the FPGA project was built with (build.json ``input_format``), or None."""
+    from edgeq.formats import format_from_dict
+
+    try:
+        spec = json.loads((d / "build.json").read_text()).get("input_format")
+        return None if spec is None else format_from_dict(spec)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Compare the outputs in ``hw_outputs`` (default ``DIR/hw_outputs.npy``) with the emulator, bit for bit.
@@ -105,7 +117,7 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
                              ) from None
         reference_name = "program.npz"
     else:
-        graph = load(model)
+        graph = load(model, _typed_input(d))
         reference_name = model.name
     in_shape, out_shape = tuple(graph.input.shape), tuple(graph.output.shape)
 

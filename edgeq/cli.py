@@ -112,6 +112,30 @@ def _mst_options(fn):
                         "similar one, storing only the differing weights.")(fn)
 
 
+def _input_format_option(fn):
+    return click.option("--input-format", default=None, metavar="FORMAT",
+                        help="Type the model's float input (a host-side quantizer in front of the graph), e.g. uint8, "
+                             "uint8/255, int8*0.125, ap_fixed<16,6>, bipolar. Default: the input's QONNX annotation, "
+                             "else float.")(fn)
+
+
+def _input_saturation(g, x) -> None:
+    """One warning line when test inputs lie outside the range of the quantizer that reads the graph input."""
+    first = next((lay for lay in g.layers if lay.inputs == [g.inputs[0]]), None)
+    if first is None or first.op != "Quantize":
+        return
+    fmt = g.tensors[first.output].format
+    lo, hi = getattr(fmt, "min", None), getattr(fmt, "max", None)
+    if lo is None or hi is None:
+        return
+    x = np.asarray(x)
+    n = int(np.count_nonzero((x < float(lo)) | (x > float(hi))))
+    if n:
+        click.echo(f"edgeq: warning: {n} of {x.size} input values lie outside [{float(lo):g}, {float(hi):g}], the "
+                   f"range of the input quantizer '{first.name}' ({fmt}), and saturate; scale the inputs (e.g. pixels "
+                   "0-255 into a [0, 1] quantizer: divide by 255) or type the input with --input-format", err=True)
+
+
 def _mst_request(with_mst: bool, mst_depth: int | None, mst_layers: str | None) -> tuple[bool, tuple[str, ...]]:
     """(MST on?, the named layers) from the shared options; a depth bound < 1 is one error line."""
     if mst_depth is not None and mst_depth < 1:
@@ -124,12 +148,14 @@ def _mst_request(with_mst: bool, mst_depth: int | None, mst_layers: str | None) 
 @click.argument("model")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_mst_options
-def inspect(model: str, as_json: bool, with_mst: bool, mst_depth: int | None, mst_layers: str | None) -> None:
+@_input_format_option
+def inspect(model: str, as_json: bool, with_mst: bool, mst_depth: int | None, mst_layers: str | None,
+            input_format: str | None) -> None:
     """Per-layer table: op, source node, shapes, formats, MACs and weight bits (with --mst: MST figures)."""
     from edgeq.ingest import load
 
     with_mst, names = _mst_request(with_mst, mst_depth, mst_layers)
-    g = load(model)
+    g = load(model, input_format)
     if with_mst:
         _inspect_mst(g, model, mst_depth, names, as_json)
         return
@@ -190,16 +216,19 @@ def _inspect_mst(g, model: str, max_depth: int | None, names: tuple[str, ...], a
 @click.option("--input", "-i", "input_path", required=True, help="Float .npy shaped like the model input, batch first.")
 @click.option("--output", "-o", "output_path", required=True, help="Where to write the decoded float outputs (.npy).")
 @click.option("--trace", "trace_dir", default=None, help="Directory for one .npy per layer, named after the layer.")
+@_input_format_option
 @click.pass_obj
-def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir: str | None) -> None:
+def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir: str | None,
+            input_format: str | None) -> None:
     """Run MODEL bit-exactly on the inputs in --input."""
     from edgeq.emulate import emulate as run
     from edgeq.ingest import load
 
-    g = load(model)
+    g = load(model, input_format)
     from edgeq.data import load_npy
 
     x = load_npy(input_path)
+    _input_saturation(g, x)
     with _progress(ctx, f"emulating {len(x)} inputs", len(g.layers)) as update:
         res = run(g, x, trace=trace_dir is not None, progress=update)
     y, traced = res if trace_dir is not None else (res, None)
@@ -229,10 +258,11 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
 @click.option("--simd", type=click.Choice(["auto", "off", "v2f16"]), default="auto", show_default=True,
               help="MCU: 2-lane FP16 SIMD kernels (auto: when the board has v2f16).")
 @_mst_options
+@_input_format_option
 @click.pass_obj
 def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, n_vectors: int, seed: int,
           force: bool, synth: bool, allow_over_budget: bool, trace: bool, mac: str, simd: str, with_mst: bool,
-          mst_depth: int | None, mst_layers: str | None) -> None:
+          mst_depth: int | None, mst_layers: str | None, input_format: str | None) -> None:
     """Build MODEL for BOARD into DIR and prove it bit-exact against the emulator.
 
     FPGA boards: an HLS project, checked by C simulation. MCU boards: FP16 C firmware, checked by the same C
@@ -245,7 +275,8 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
     with_mst, mst_names = _mst_request(with_mst, mst_depth, mst_layers)
     cfg = BuildConfig(model=Path(model), board=board, out=Path(out_dir), vectors=Path(vectors) if vectors else None,
                       n_vectors=n_vectors, seed=seed, force=force, synth=synth, allow_over_budget=allow_over_budget,
-                      trace=trace, mst=with_mst, mst_depth=mst_depth, mst_layers=mst_names)
+                      trace=trace, mst=with_mst, mst_depth=mst_depth, mst_layers=mst_names,
+                      input_format=input_format)
     if get_board(board).kind == "mcu":
         for flag, given in (("--synth", synth), ("--allow-over-budget", allow_over_budget)):
             if given:

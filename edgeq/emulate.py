@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from edgeq import ops
 from edgeq.errors import EdgeqError
 from edgeq.formats import FixedPoint, Float16, Float32, Int, MiniFloat, round_float
 from edgeq.ingest import grid_of, is_power_of_two
@@ -83,6 +84,8 @@ def step(graph: Graph, layer: Layer, env: dict[str, np.ndarray]) -> np.ndarray:
         out_dtype = storage_dtype(graph.tensors[layer.output].format)
         if out_dtype is np.int64 and y.dtype.kind == "f":  # values of a wide fixed-point output: to its codes
             y = np.rint(np.ldexp(y, graph.tensors[layer.output].format.frac_bits))
+        elif out_dtype is not np.int64 and y.dtype.kind == "i":  # a code op whose output is not wide (e.g. float32)
+            y = _f32_values(graph.tensors[layer.inputs[0]].format, y)
         y = y.astype(out_dtype, copy=False)
     if mcu:
         # MCU programs: a NaN is RISC-V's canonical quiet NaN (+, payload 0), whatever numpy produced
@@ -98,8 +101,13 @@ def run_chain(graph: Graph, layers: list[Layer], x: np.ndarray) -> np.ndarray:
     Used by backends to evaluate float glue exactly as :func:`emulate` does, e.g. on every code of
     an accumulator to derive integer thresholds. Each layer takes the previous one's output, whatever its
     input's name (a backend may take pools or flattens out of the chain). Returns float64 values of the last output.
+    A wide fixed-point input (stored as int64 codes) may also be given as its int64 codes, which is exact past 2^53.
     """
-    y = x.astype(storage_dtype(graph.tensors[layers[0].inputs[0]].format), copy=False)
+    fmt = graph.tensors[layers[0].inputs[0]].format
+    dtype = storage_dtype(fmt)
+    if dtype is np.int64 and x.dtype.kind == "f":  # values of a wide fixed-point tensor: to its codes, not truncated
+        x = np.rint(np.ldexp(x, fmt.frac_bits))
+    y = x.astype(dtype, copy=False)
     for layer in layers:
         y = step(graph, layer, {layer.inputs[0]: y})
     env = {layers[-1].output: y}
@@ -110,7 +118,7 @@ def run_chain(graph: Graph, layers: list[Layer], x: np.ndarray) -> np.ndarray:
 _MCU_ENGINES = {"fp32", "exact"}
 
 #: ops that take int64 codes of wide fixed-point tensors as they are (order-preserving or exact casts)
-_CODE_OPS = {"Quantize", "Relu", "Clip", "MaxPool", "Reshape", "Transpose"}
+_CODE_OPS = ops.having("codes")
 
 
 def storage_dtype(fmt) -> type:
@@ -127,6 +135,12 @@ def _values(fmt, v: np.ndarray) -> np.ndarray:
     if v.dtype.kind == "i":
         return np.ldexp(v.astype(np.float64), -fmt.frac_bits)
     return v
+
+
+def _f32_values(fmt, codes: np.ndarray) -> np.ndarray:
+    """float32 values of int64 codes of a wide FixedPoint, rounded once (int64 -> float32 is correctly rounded;
+    the power-of-two scaling is exact while the result is a normal float32)."""
+    return np.ldexp(codes.astype(_F32).astype(np.float64), -fmt.frac_bits).astype(_F32)
 
 
 def run_layer(graph: Graph, layer: Layer, xs: list[np.ndarray]) -> np.ndarray:
@@ -212,8 +226,52 @@ def _relu(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0 if x.dtype.kind == "i" else 0.0)
 
 
+def _exp(x: np.ndarray, minus_one: bool = False) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(89) is inf in float32, as in onnxruntime
+        return (np.expm1 if minus_one else np.exp)(x.astype(_F32, copy=False)).astype(_F32, copy=False)
+
+
+#: the declared float32 implementation of each activation (Activation layers without an onnxruntime table);
+#: leaky_relu, prelu and hard_sigmoid are onnxruntime's arithmetic exactly; the others are numpy's float32
+#: functions, whose distance to onnxruntime's builds report
+ACTIVATIONS = {
+    "leaky_relu": lambda x, a: np.where(x >= 0, x, x * _F32(a["alpha"])),
+    "prelu": lambda x, a: np.where(x >= 0, x, x * np.asarray(a["slope"], dtype=_F32)),
+    "elu": lambda x, a: np.where(x >= 0, x, _F32(a["alpha"]) * _exp(x, minus_one=True)),
+    "selu": lambda x, a: np.where(x > 0, _F32(a["gamma"]) * x,
+                                  _F32(a["gamma"]) * (_F32(a["alpha"]) * _exp(x, minus_one=True))),
+    "sigmoid": lambda x, a: _F32(1) / (_F32(1) + _exp(-x)),
+    "hard_sigmoid": lambda x, a: np.clip(_F32(a["alpha"]) * x + _F32(a["beta"]), _F32(0), _F32(1)),
+    "tanh": lambda x, a: np.tanh(x),
+}
+
+
+def _activation(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's outputs tabulated on the input grid (exact), else the declared numpy implementation."""
+    a = layer.attrs
+    x = x.astype(_F32, copy=False)
+    if "table_x" in a:
+        tx, ty = a["table_x"], a["table_y"]
+        i = np.clip(np.searchsorted(tx, x), 0, len(tx) - 1)
+        hit = tx[i] == x
+        if hit.all():
+            return ty[i]
+        return np.where(hit, ty[i], ACTIVATIONS[a["fn"]](x, a)).astype(_F32)  # pragma: no cover - off the grid
+    return ACTIVATIONS[a["fn"]](x, a).astype(_F32, copy=False)
+
+
+def _softmax(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
+    """float32: m = max over the axes; e = exp(x - m); e / sum(e) (numpy's summation order)."""
+    axes = tuple(1 + k for k in layer.attrs["axes"])  # per-sample axes -> batch-first
+    x = x.astype(_F32, copy=False)
+    e = _exp(x - x.max(axis=axes, keepdims=True))
+    return (e / e.sum(axis=axes, keepdims=True, dtype=_F32)).astype(_F32, copy=False)
+
+
 def _clip(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     lo, hi = float(_F32(layer.attrs["lo"])), float(_F32(layer.attrs["hi"]))
+    if x.dtype.kind == "i" and storage_dtype(graph.tensors[layer.output].format) is not np.int64:
+        x = _f32_values(graph.tensors[layer.inputs[0]].format, x)  # to float32: rounding commutes with the clamp
     if x.dtype.kind == "i":  # int64 codes of a wide fixed-point tensor: the bounds in codes (exact)
         frac = graph.tensors[layer.inputs[0]].format.frac_bits
         big = np.iinfo(np.int64)
@@ -229,6 +287,9 @@ def _add(graph: Graph, layer: Layer, a: np.ndarray, b: np.ndarray) -> np.ndarray
         return Float16.round(a.astype(np.float64) + b.astype(np.float64)).astype(_F32)
     if isinstance(fmt, Float32):
         return a.astype(_F32, copy=False) + b.astype(_F32, copy=False)
+    if isinstance(fmt, Int):  # same-scale integer grids: the codes add exactly (ingest's _same_scale_ints)
+        s = float(fmt.scale[0])
+        return fmt.decode(np.rint(a.astype(np.float64) / s) + np.rint(b.astype(np.float64) / s))
     return a.astype(np.float64) + b.astype(np.float64)  # exact: both on fixed-point grids that fit float64
 
 
@@ -659,6 +720,8 @@ _OPS = {
     "BatchNorm": _batchnorm,
     "FloatOp": _floatop,
     "Relu": _relu,
+    "Activation": _activation,
+    "Softmax": _softmax,
     "Clip": _clip,
     "Add": _add,
     "MaxPool": _maxpool,

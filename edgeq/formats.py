@@ -18,6 +18,7 @@ Formats are small immutable values:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -983,3 +984,84 @@ def format_from_dict(d: dict[str, Any]) -> NumFormat:
         return Float16()
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k not in ("kind", "str")}
     return cls(**fields)
+
+
+def grid_values(fmt: NumFormat) -> np.ndarray | None:
+    """Every value of a small quantizer grid (float32, as QONNX computes them), or None if unknown/large."""
+    if isinstance(fmt, Int):
+        if fmt.bipolar:
+            codes = np.array([-1.0, 1.0], dtype=np.float32)
+        elif fmt.width <= 16:
+            codes = np.arange(fmt.code_min, fmt.code_max + 1, dtype=np.float32)
+        else:
+            return None
+        scales, zeros = np.asarray(fmt.scale, np.float32), np.asarray(fmt.zero_point, np.float32)
+        if len(scales) > 1 and len(zeros) > 1:  # per channel: channel i has scale i and zero point i
+            pairs = zip(scales, zeros)
+        else:
+            pairs = ((sc, z) for sc in scales for z in zeros)
+        return np.concatenate([(codes - z) * sc for sc, z in pairs])
+    if isinstance(fmt, FixedPoint) and fmt.width <= 16:
+        return fmt.decode(np.arange(fmt.code_min, fmt.code_max + 1)).astype(np.float32)
+    if isinstance(fmt, Binary):
+        return np.concatenate([np.array([-1.0, 1.0], dtype=np.float32) * np.float32(sc) for sc in fmt.scale])
+    return None
+
+
+_INT_RE = re.compile(r"^(u?)int(\d+)(n?)(?:\*([0-9.eE+-]+)|/([0-9.eE+-]+))?$")
+_FIXED_RE = re.compile(r"^(?:ap_)?(u?)fixed<(-?\d+),(-?\d+)(?:,([a-z_]+))?(?:,([a-z_]+))?>$")
+_BIPOLAR_RE = re.compile(r"^bipolar(?:\*([0-9.eE+-]+))?$")
+_MINIFLOAT_RE = re.compile(r"^e(\d+)m(\d+)(?:b(-?\d+))?(?:\*([0-9.eE+-]+))?$")
+
+#: the spellings :func:`parse_format` accepts, for messages
+FORMAT_SYNTAX = ("uint8, int8, int4n (narrow), uint8*0.00392157 or uint8/255 (a scale), ap_fixed<16,6>, "
+                 "ap_ufixed<8,0,RND,SAT>, bipolar, e4m3, e5m2b15")
+
+
+def parse_format(text: str) -> NumFormat:
+    """A number format from its user-facing spelling (see :data:`FORMAT_SYNTAX`): integers with an optional scale
+    (QONNX ``Quant``: round half to even, saturate), ``ap_fixed<W,I[,Q[,O]]>`` / ``ap_ufixed`` (ap_fixed's defaults
+    ``AP_TRN`` and ``AP_WRAP`` unless given), ``bipolar``, and saturating minifloats ``eXmY[bB]``.
+    Raises ValueError naming what was not understood."""
+    s = re.sub(r"\s+", "", str(text)).lower()
+    m = _INT_RE.match(s)
+    if m:
+        unsigned, width, narrow, mul, div = m.groups()
+        scale = float(mul) if mul else 1.0 / float(div) if div else 1.0
+        return Int(int(width), signed=not unsigned, narrow=bool(narrow), scale=(scale,))
+    m = _FIXED_RE.match(s)
+    if m:
+        unsigned, width, int_bits, q, o = m.groups()
+        q, o = ((v or default).upper().removeprefix("AP_") for v, default in ((q, "TRN"), (o, "WRAP")))
+        return FixedPoint(int(width), int(int_bits), not unsigned, q, o)
+    m = _BIPOLAR_RE.match(s)
+    if m:
+        return Binary(scale=(float(m.group(1) or 1.0),))
+    m = _MINIFLOAT_RE.match(s)
+    if m:
+        e, mant, bias, scale = m.groups()
+        return MiniFloat(int(e), int(mant), bias=int(bias) if bias is not None else None,
+                         scale=(float(scale or 1.0),))
+    raise ValueError(f"unknown number format {text!r}; formats look like {FORMAT_SYNTAX}")
+
+
+def from_finn_datatype(name: str) -> NumFormat | None:
+    """The format of a QONNX/FINN ``DataType`` name (a graph input's ``quantization_annotation``): ``UINT8``,
+    ``INT4``, ``BIPOLAR``, ``BINARY``, ``TERNARY``, ``FIXED<8,4>``; None for ``FLOAT32`` (no annotation).
+    Raises ValueError for a name it does not know."""
+    s = str(name).strip().upper()
+    if s in ("FLOAT32", "FLOAT", ""):
+        return None
+    if s == "BIPOLAR":
+        return Binary()
+    if s == "BINARY":
+        return Int(1, signed=False)
+    if s == "TERNARY":
+        return Int(2, signed=True, narrow=True)
+    m = re.match(r"^(U?)INT(\d+)$", s)
+    if m:
+        return Int(int(m.group(2)), signed=not m.group(1))
+    m = re.match(r"^(U?)FIXED<(\d+),(-?\d+)>$", s.replace(" ", ""))
+    if m:
+        return FixedPoint(int(m.group(2)), int(m.group(3)), not m.group(1), "RND_CONV", "SAT")
+    raise ValueError(f"unknown QONNX datatype {name!r}")

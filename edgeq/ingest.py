@@ -15,8 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from edgeq import ops
 from edgeq.errors import EdgeqError
-from edgeq.formats import Binary, FixedPoint, Float32, Int, MiniFloat, NumFormat, csd_digits
+from edgeq.formats import (
+    Binary,
+    FixedPoint,
+    Float32,
+    Int,
+    MiniFloat,
+    NumFormat,
+    csd_digits,
+    from_finn_datatype,
+    grid_values,
+    parse_format,
+    rounding_mode,
+)
 from edgeq.ir import Contract, Graph, Layer, Tensor
 
 QUANT_OPS = ("Quant", "BipolarQuant", "FloatQuant")
@@ -24,10 +37,6 @@ QUANT_OPS = ("Quant", "BipolarQuant", "FloatQuant")
 PRESERVED_OPS = ["Quant", "BipolarQuant", "FloatQuant", "Trunc", "QuantizeLinear", "DequantizeLinear"]
 QONNX_DOMAIN = "qonnx.custom_op.general"
 
-SUPPORTED_OPS = (
-    "Quant, BipolarQuant, FloatQuant, Trunc, Conv, MatMul, Gemm, BatchNormalization, Relu, Clip, Add, Sub, Mul, "
-    "Div, Pow, Max, Min, MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten, Transpose, Identity, Dropout"
-)
 _FLOAT_FNS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "max", "Min": "min"}
 
 
@@ -44,7 +53,7 @@ def _read(model: Any):
     if isinstance(model, ModelWrapper):
         return model, getattr(model, "_edgeq_path", None)
     if isinstance(model, onnx.ModelProto):
-        return ModelWrapper(model), None
+        return _wrap(model), None
     path = Path(os.fspath(model))
     if not path.exists():
         raise EdgeqError(f"{path}: no such file; pass the path of a QONNX .onnx model")
@@ -59,7 +68,18 @@ def _read(model: Any):
         ) from None
     if len(proto.graph.node) == 0 or len(proto.graph.input) == 0 or len(proto.graph.output) == 0:
         raise EdgeqError(f"{path}: ONNX model has no graph (empty or truncated file); re-export it")
-    return ModelWrapper(proto), str(path)
+    return _wrap(proto), str(path)
+
+
+def _wrap(proto):
+    """qonnx's ModelWrapper, without its warning about converting FINN-era domains (QKeras/FINN exports)."""
+    import warnings
+
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Some old-style domain attributes")
+        return ModelWrapper(proto)
 
 
 def _cleanup(mw, where: str):
@@ -302,8 +322,9 @@ def _bits_for(bound: float) -> int:
 
 
 class _Lowering:
-    def __init__(self, mw, where: str, meta: dict[str, Any] | None = None):
+    def __init__(self, mw, where: str, meta: dict[str, Any] | None = None, typed: NumFormat | None = None):
         self.mw = mw
+        self.typed = typed
         self.where = where
         self.meta = meta or {}
         # quantized constant -> the initializer it came from (metadata names layers by their weight initializer)
@@ -393,6 +414,15 @@ class _Lowering:
         inputs = [i.name for i in g.input if i.name not in init_names]
         for i in inputs:
             self.tensors[i] = Tensor(i, self.shape(i), Float32())
+        if self.typed is not None:  # the typed input: a host-side quantizer in front of the graph
+            q = f"{inputs[0]}_quantized"
+            fmt = self.typed
+            self.layers.append(Layer(name="input_quant", op="Quantize", inputs=[inputs[0]], output=q,
+                                     source=[f"input {inputs[0]}"], attrs={"typed_input": True},
+                                     contract=Contract(rounding=f"once: {getattr(fmt, 'rounding', 'sign')}",
+                                                       order="elementwise", engine="format.quantize (float32)")))
+            self.tensors[q] = Tensor(q, self.shape(inputs[0]), fmt)
+            self.alias[inputs[0]] = q
         for node in g.node:
             self.lower(node)
         outputs = [self.name(o.name) for o in g.output]
@@ -488,8 +518,15 @@ class _Lowering:
                                                 "in float32 in its own order: the same when every window sum is exact "
                                                 "in float32, else within gamma_k * sum|x|)",
                                        order="sum then divide", engine="float64 sum, float32 divide"))
-        elif op in ("Reshape", "Flatten"):
+        elif op in _ACTIVATIONS or op == "PRelu":
+            self.lower_activation(node)
+        elif op == "Softmax":
+            self.lower_softmax(node)
+        elif op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
             x = self.need_dynamic(node)
+            full = self.mw.get_tensor_shape(node.output[0])
+            if not full or full[0] != self.mw.get_tensor_shape(self.mw.graph.input[0].name)[0]:
+                raise EdgeqError(f"node '{node.name}' ({op}): reshapes that change the batch axis are unsupported")
             self.add(node, "Reshape", [x], self.tensors[x].format, attrs={"shape": self.shape(node.output[0])})
         elif op == "Transpose":
             x = self.need_dynamic(node)
@@ -498,7 +535,53 @@ class _Lowering:
                 raise EdgeqError(f"node '{node.name}' (Transpose): transposes that move the batch axis are unsupported")
             self.add(node, "Transpose", [x], self.tensors[x].format, attrs={"perm": [p - 1 for p in perm[1:]]})
         else:
-            raise EdgeqError(f"node '{node.name}' ({op}): no lowering for op type {op}; supported: {SUPPORTED_OPS}")
+            raise EdgeqError(f"node '{node.name}' ({op}): no lowering for op type {op}; edgeq lowers "
+                             f"{ops.supported_onnx_ops()}")
+
+    def lower_activation(self, node) -> None:
+        """An element-wise activation (float32 result). On a small quantized input grid it becomes a table that
+        onnxruntime's own kernel computes once on every grid value, so the emulator equals QONNX's execute_onnx bit
+        for bit; otherwise the declared float32 numpy implementation (edgeq.emulate)."""
+        op = node.op_type
+        x = self.need_dynamic(node)
+        if op == "PRelu":
+            slope = self.const(node, 1)
+            if slope is None:
+                raise EdgeqError(f"node '{node.name}' (PRelu): the slope must be a constant")
+            slope = np.asarray(slope, dtype=np.float32)
+            xshape = (1,) + self.tensors[x].shape
+            if slope.ndim > len(xshape) or (slope.ndim == len(xshape) and slope.shape[0] != 1):
+                raise EdgeqError(f"node '{node.name}' (PRelu): slope of shape {slope.shape} broadcasts over the batch")
+            attrs: dict[str, Any] = {"fn": "prelu", "slope": slope[0] if slope.ndim == len(xshape) else slope}
+        else:
+            fn, defaults = _ACTIVATIONS[op]
+            attrs = {"fn": fn, **{k: float(np.float32(_attr(node, k, v))) for k, v in defaults.items()}}
+        table = None if op in _UNTABULATED or x in self.nonfinite else _onnxruntime_table(node, self.tensors[x].format)
+        contract = Contract(rounding="float32, as onnxruntime", engine="onnxruntime's kernel, tabulated on every "
+                            "input grid value (exact)")
+        if table is not None:
+            attrs["table_x"], attrs["table_y"] = table
+        else:
+            exact = attrs["fn"] in PIECEWISE_LINEAR
+            contract = Contract(rounding="float32 after every operation", engine="float32 numpy" + (
+                " (onnxruntime's arithmetic: exact)" if exact else " (declared implementation: numpy's float32 "
+                "function, not onnxruntime's; quantize its input for an exact table)"))
+        self.add(node, "Activation", [x], Float32(), attrs=attrs, contract=contract)
+
+    def lower_softmax(self, node) -> None:
+        x = self.need_dynamic(node)
+        rank = len(self.tensors[x].shape) + 1
+        opset = next((o.version for o in self.mw.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        axis = int(_attr(node, "axis", -1 if opset >= 13 else 1))
+        axis = axis + rank if axis < 0 else axis
+        if not 1 <= axis < rank:
+            raise EdgeqError(f"node '{node.name}' (Softmax): softmax over the batch axis is unsupported")
+        # before opset 13 the input is viewed as 2-D (axes before `axis`, the rest): the softmax is over all of them
+        axes = [axis - 1] if opset >= 13 else list(range(axis - 1, rank - 1))
+        self.add(node, "Softmax", [x], Float32(), attrs={"axes": axes}, contract=Contract(
+            rounding="float32 after every operation", order="m = max; e = exp(x - m); y = e / sum(e)",
+            engine="float32 numpy (declared implementation: numpy's exp and summation order, not "
+                   "onnxruntime's)"))
 
     def metadata_format(self, node, fmt: NumFormat, spec: Any) -> FixedPoint:
         """A fixed-point quantizer whose rounding/overflow the ``edgeq.qfx`` metadata overrides (e.g. WRAP, which
@@ -590,8 +673,11 @@ class _Lowering:
             # [0, 0]); edgeq's Int(1, signed) is the bipolar one, so it cannot state this Trunc's range.
             raise EdgeqError(f"node '{node.name}' (Trunc): a 1-bit signed output is unsupported (QONNX clips it to "
                              "[-1, 0], not bipolar); use out_bits >= 2 or an unsigned output")
+        # v1 does not clip: a mode that rounds up takes the largest input code to 2^(out_bits - 1) (unsigned: 2^out),
+        # one past the out_bits range (found by the hls fuzzer: case 1131 of seed 991), so its format has a bit more
+        fmt_bits = out_bits + 1 if version == 1 and rounding_mode(mode) not in ("TRN", "TRN_ZERO") else out_bits
         try:
-            fmt = Int(out_bits, signed=signed, narrow=narrow, scale=out_scale.ravel(), rounding=mode,
+            fmt = Int(fmt_bits, signed=signed, narrow=narrow, scale=out_scale.ravel(), rounding=mode,
                       param_shape=_param_shape(out_scale))
             step = Int(out_bits, signed=signed, narrow=narrow, scale=np.ravel(trunc_scale), rounding=mode)
         except ValueError as e:
@@ -636,6 +722,15 @@ class _Lowering:
                 fa = fb = None  # inf/NaN values: the float32 add, as QONNX
             out_fmt: NumFormat = Float32()
             contract = Contract(rounding="float32 add (one rounding)", engine="float32 numpy")
+            ia, ib = self.tensors[a].format, self.tensors[b].format
+            if (fa is None or fb is None) and _same_scale_ints(ia, ib) and a not in self.nonfinite and \
+                    b not in self.nonfinite:
+                # Brevitas default quantizers with one shared scale (or equal ones): the codes add exactly
+                width = max(ia.width + (not ia.signed), ib.width + (not ib.signed)) + 1
+                out_fmt = Int(width, signed=True, scale=ia.scale)
+                contract = Contract(accumulator=out_fmt, rounding="none: exact on codes (QONNX adds the two "
+                                    "float32 values in float32: within 2^-22 (|a| + |b|) of it)",
+                                    engine="float64 exact")
             if fa is not None and fb is not None:
                 frac = max(fa.frac_bits, fb.frac_bits)
                 # signed result: unsigned inputs need one more bit, and the sum one carry bit
@@ -658,8 +753,18 @@ class _Lowering:
         c = np.asarray(c, dtype=np.float32)
         if len(cshape) == len(xshape):
             c = c[0]
-        out_fmt, contract = self._exact_scale_shift(node, x, c), None
+        if op == "Div" and xi == 0 and c.size and np.all(c != 0) and is_power_of_two(np.abs(c)) and \
+                np.all(np.isfinite(np.float32(1) / c)):
+            # x / 2^k is x * 2^-k exactly (both one float32 rounding of the same exact value)
+            fn, c = "mul", (np.float32(1) / c).astype(np.float32)
+            node_op = "Mul"
+        else:
+            node_op = op
+        out_fmt, contract = self._exact_scale_shift(node, x, c, node_op), None
         if out_fmt is None:
+            fn, c = _FLOAT_FNS[op], np.asarray(self.const(node, 1 - xi), dtype=np.float32)  # as written
+            if np.ndim(self.const(node, 1 - xi)) == len(xshape):
+                c = c[0]
             out_fmt = Float32()
             contract = Contract(rounding="float32, once per element", fused=False, engine="float32 numpy")
         else:
@@ -668,19 +773,26 @@ class _Lowering:
         self.add(node, "FloatOp", [x], out_fmt, attrs={"fn": fn, "const": c, "const_first": xi == 1},
                  contract=contract)
 
-    def _exact_scale_shift(self, node, x: str, c: np.ndarray) -> FixedPoint | None:
+    def _exact_scale_shift(self, node, x: str, c: np.ndarray, op: str | None = None) -> FixedPoint | None:
         """The exact FixedPoint of ``x * c`` or ``x + c`` (either order) when x is exact fixed point and c is a
         quantized constant on a power-of-two grid (a fixed-point BatchNorm's scale or shift, e.g. Brevitas
         BatchNorm2dToQuantScaleBias), and the result fits 24 bits: then float32 computes it exactly, so the
-        emulator, QONNX and Brevitas agree, and the FPGA computes it on integer codes. Else None (float glue)."""
-        op = node.op_type
+        emulator, QONNX and Brevitas agree, and the FPGA computes it on integer codes. Else None (float glue).
+        A plain float constant counts when its values are short dyadic numbers (e.g. the 1 and 1/2 of (x + 1) / 2);
+        ``op`` overrides the node's op type (a Div by a power of two is lowered as the Mul by its inverse)."""
+        op = op or node.op_type
         if op not in ("Mul", "Add", "Sub"):
             return None
         ct = next((t for t in node.input if t in self.qconst), None)
         fx = None if x in self.nonfinite else exact_fixed(self.tensors[x].format)
-        if fx is None or ct is None:
+        if fx is None:
             return None
-        fc = exact_fixed(self.qconst[ct][1])
+        if ct is None:  # a plain float32 constant: exact when every value is a short dyadic number, e.g. (x + 1) / 2
+            fc = _dyadic(c)
+            if fc is None:
+                return None
+        else:
+            fc = exact_fixed(self.qconst[ct][1])
         if fc is None:  # per-channel power-of-two scales: codes on the finest channel's lsb
             g = grid_of(self.qconst[ct][1])
             if g is None or not is_power_of_two(g[0]) or not (2.0 ** -100 < float(np.min(g[0])) < 2.0 ** 100):
@@ -799,6 +911,71 @@ class _Lowering:
         self._mac_layer(node, "Dense", x, np.ascontiguousarray(w), wfmt, bias_idx, int(w.shape[0]), {})
 
 
+#: ONNX activations lowered to the IR's Activation: (function name, attributes with their ONNX defaults)
+_ACTIVATIONS = {
+    "LeakyRelu": ("leaky_relu", {"alpha": 0.01}),
+    "Elu": ("elu", {"alpha": 1.0}),
+    "Selu": ("selu", {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}),
+    "Sigmoid": ("sigmoid", {}),
+    "HardSigmoid": ("hard_sigmoid", {"alpha": 0.2, "beta": 0.5}),
+    "Tanh": ("tanh", {}),
+}
+#: not tabulated: PRelu's slope is per channel (and its arithmetic is exact anyway); onnxruntime's Elu and Selu give
+#: an element a different value depending on its position in the tensor (vectorised body or scalar tail; measured
+#: -0.550648153 -> -0.423424 or -0.42342407), so no table can equal it everywhere
+_UNTABULATED = ("PRelu", "Elu", "Selu")
+#: activations whose float32 numpy implementation is onnxruntime's arithmetic (compares and one multiply-add)
+PIECEWISE_LINEAR = ("leaky_relu", "prelu", "hard_sigmoid")
+#: the largest input grid an activation is tabulated on
+TABLE_LIMIT = 1 << 16
+
+
+def _onnxruntime_table(node, fmt: NumFormat) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sorted grid values, onnxruntime's outputs on them), both float32, or None when the grid is unknown or
+    larger than TABLE_LIMIT."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    grid = grid_values(fmt)
+    if grid is None:
+        return None
+    grid = np.unique(grid.astype(np.float32))
+    grid = grid[np.isfinite(grid)]
+    if grid.size == 0 or grid.size > TABLE_LIMIT:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    one = helper.make_node(node.op_type, ["x"], ["y"], **attrs)
+    g = helper.make_graph([one], "activation", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [grid.size])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [grid.size])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(m)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return grid, np.asarray(sess.run(None, {"x": grid})[0], dtype=np.float32)
+
+
+def _same_scale_ints(a: NumFormat, b: NumFormat) -> bool:
+    """Two integer grids with one identical float32 scale and no zero point: their codes add exactly."""
+    return isinstance(a, Int) and isinstance(b, Int) and not a.bipolar and not b.bipolar and \
+        len(a.scale) == 1 and a.scale == b.scale and not a.has_zero_point and not b.has_zero_point and \
+        max(a.width, b.width) < 52
+
+
+def _dyadic(c: np.ndarray) -> FixedPoint | None:
+    """The FixedPoint whose lsb ``2^-f`` puts every value of ``c`` on integer codes below 2^24 (f in [-64, 64]),
+    or None (only its ``eps`` is used)."""
+    c = np.asarray(c, dtype=np.float64)
+    if c.size == 0 or not np.all(np.isfinite(c)):
+        return None
+    for f in range(-64, 65):
+        codes = np.ldexp(c, f)
+        if np.array_equal(codes, np.rint(codes)):
+            return FixedPoint(64, 64 - f, True) if np.max(np.abs(codes)) < 2 ** 24 else None
+    return None
+
+
 def _keeps_values(fmt: NumFormat, bound: float) -> bool:
     """True when clipping a tensor of ``fmt`` at ``bound`` leaves every value a value of ``fmt``: the bound is
     outside the format's range or is itself one of its values (conservatively: its own quantization)."""
@@ -866,10 +1043,54 @@ def qfx_metadata(model_proto: Any, where: str) -> dict[str, Any]:
     return {}
 
 
-def load(model: Any) -> Graph:
-    """Load a QONNX model (path, ``onnx.ModelProto`` or qonnx ``ModelWrapper``) into the edgeq IR."""
+def typed_input_format(mw, where: str, requested: Any = None) -> NumFormat | None:
+    """The format the graph input is typed with: ``requested`` (``--input-format``: a NumFormat or its spelling,
+    :func:`edgeq.formats.parse_format`), else the input's QONNX ``quantization_annotation`` (a FINN datatype),
+    else None (a float input). The two must agree when both are given."""
+    name = mw.graph.input[0].name
+    annotated = None
+    try:
+        dt = mw.get_tensor_datatype(name)
+    except Exception:  # an annotation qonnx cannot read
+        raise EdgeqError(f"{where}: input '{name}' has an unreadable quantization_annotation; "
+                         "remove it or re-export") from None
+    dt_name = getattr(dt, "name", str(dt))
+    try:
+        annotated = from_finn_datatype(dt_name)
+    except ValueError as e:
+        raise EdgeqError(f"{where}: input '{name}': {e}; pass --input-format to type the input") from None
+    if requested is None:
+        return annotated
+    if isinstance(requested, NumFormat):
+        fmt = requested
+    else:
+        try:
+            fmt = parse_format(requested)
+        except ValueError as e:
+            raise EdgeqError(f"--input-format: {e}") from None
+    if annotated is not None and grid_values(annotated) is not None and grid_values(fmt) is not None and \
+            not np.array_equal(np.unique(grid_values(annotated)), np.unique(grid_values(fmt))):
+        raise EdgeqError(f"{where}: --input-format {fmt} contradicts the input '{name}' annotation {dt_name}; "
+                         "drop the option or fix the annotation")
+    return fmt
+
+
+def load(model: Any, input_format: Any = None) -> Graph:
+    """Load a QONNX model (path, ``onnx.ModelProto`` or qonnx ``ModelWrapper``) into the edgeq IR.
+
+    Every node on the data path is checked against :data:`edgeq.ops.ONNX_OPS` first, before any qonnx pass: a
+    model with unsupported ops is refused at once, naming all of them (grouped by op type).
+
+    ``input_format`` (a NumFormat or its spelling, e.g. ``"uint8"``) types the graph input: a host-side quantizer
+    in front of the graph (a ``Quantize`` layer named ``input_quant``), as a FINN datatype annotation on the input
+    does (which is honoured without it)."""
     mw, path = _read(model)
     where = path or "model"
+    inits = {i.name for i in mw.graph.initializer}
+    bad = ops.unsupported_nodes(mw.graph, [i.name for i in mw.graph.input if i.name not in inits])
+    if bad:
+        raise EdgeqError(ops.refusal(where, bad))
+    typed = typed_input_format(mw, where, input_format)
     meta = qfx_metadata(mw.model, where)
     mw = _cleanup(mw, where)
-    return _Lowering(mw, where, meta).run()
+    return _Lowering(mw, where, meta, typed).run()

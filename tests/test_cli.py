@@ -87,9 +87,9 @@ def unsupported_model(tmp_path_factory):
 
     import edgeq
 
-    net = torch.nn.Sequential(qnn.QuantIdentity(return_quant_tensor=False), torch.nn.Flatten(),
-                              qnn.QuantLinear(16, 4, bias=False), torch.nn.Softmax(dim=1))
-    path = tmp_path_factory.mktemp("unsup") / "softmax.onnx"
+    net = torch.nn.Sequential(qnn.QuantIdentity(return_quant_tensor=False), torch.nn.Upsample(scale_factor=2),
+                              torch.nn.Flatten(), qnn.QuantLinear(64, 4, bias=False))
+    path = tmp_path_factory.mktemp("unsup") / "upsample.onnx"
     edgeq.export(net.eval(), torch.zeros(1, 1, 4, 4), path)
     return path
 
@@ -105,7 +105,7 @@ def test_bad_inputs_give_one_line_and_exit_code_2(exported, tmp_path, float_mode
     (tmp_path / "trunc.onnx").write_bytes(data[: len(data) // 3])
     assert_one_line_error(run("inspect", tmp_path / "trunc.onnx"), "trunc.onnx")
     assert_one_line_error(run("inspect", float_model), "no quantizer", "Gemm")
-    assert_one_line_error(run("inspect", unsupported_model), "Softmax", "supported")
+    assert_one_line_error(run("inspect", unsupported_model), "Resize x1", "cannot be lowered", "edgeq lowers")
     np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 28, 28), np.float32))
     assert_one_line_error(run("emulate", path, "-i", tmp_path / "wrong.npy", "-o", tmp_path / "y.npy"),
                           "shape", "(2, 3, 28, 28)")

@@ -55,6 +55,8 @@ class BuildConfig:
     mst: bool = False
     mst_depth: int | None = None
     mst_layers: tuple[str, ...] = ()
+    #: the graph input's format (``--input-format``; edgeq.ingest.load), None: the model's own (or float)
+    input_format: str | None = None
     jobs: int = max(1, min(2, os.cpu_count() or 1))
 
 
@@ -86,8 +88,16 @@ class BuildContext:
 def load_and_select(cfg: BuildConfig) -> tuple[Any, dict]:
     """(graph, MST trees): the model loaded and :func:`edgeq.mst.select` run on it. Both raise EdgeqError on bad
     input, so :func:`build` calls this before it writes anything."""
-    graph = load(cfg.model)
+    graph = load(cfg.model, cfg.input_format)
     return graph, mst.select(graph, cfg.mst, cfg.mst_depth, cfg.mst_layers)
+
+
+def typed_input(graph) -> dict | None:
+    """The format the graph input was typed with (--input-format or its annotation), for build.json: `edgeq compare`
+    loads the model with it again."""
+    first = graph.layers[0] if graph.layers else None
+    return graph.tensors[first.output].format.to_dict() if first is not None and first.attrs.get("typed_input") \
+        else None
 
 
 def step_load(ctx: BuildContext) -> None:
@@ -353,6 +363,7 @@ def build_info(ctx: BuildContext) -> dict:
         "board": {"name": b.name, "part": b["part"], "clock_mhz": b["clock_mhz"], "description": b.description,
                   "ps": b.get("ps", "zynq_ultra_ps_e" if not b["part"].startswith("xc7z") else "processing_system7")},
         "model": "model.onnx",
+        "input_format": typed_input(ctx.graph),
         "input": {"shape": list(i.shape), "elements": i.elements, "ctype": i.ctype, "dtype": i.dtype,
                   "format": str(i.format)},
         "output": {"shape": list(o.shape), "elements": o.elements, "ctype": o.ctype, "dtype": o.dtype,

@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeq import mst
-from edgeq.emulate import grid_codes, mac_rescale, rescale_factor, run_chain
+from edgeq import mst, ops
+from edgeq.emulate import grid_codes, mac_rescale, rescale_factor, run_chain, storage_dtype
 from edgeq.errors import EdgeqError
 from edgeq.formats import AP_ROUNDING_MODES, Binary, FixedPoint, Float32, Int, MiniFloat, NumFormat, csd_digits
 from edgeq.host import HostGlue
@@ -55,7 +55,7 @@ from edgeq.ingest import _bits_for, exact_fixed, grid_of, is_power_of_two
 from edgeq.ir import Graph, Layer
 
 #: element-wise float ops that may sit between an accumulator and a quantizer (all monotone per channel)
-GLUE_OPS = {"BatchNorm", "FloatOp", "Relu", "Clip"}
+GLUE_OPS = ops.having("glue")
 #: ops inside float glue that move before the thresholds: max pools (they commute with the non-decreasing glue
 #: before them) and flattens (they commute with element-wise per-tensor glue)
 POOL_GLUE = {"MaxPool", "Reshape"}
@@ -223,7 +223,7 @@ def split(graph: Graph) -> tuple[list[Layer], list[Layer], list[Layer]]:
     layers = graph.layers
     i = 0
     while i < len(layers) and layers[i].op != "Quantize":
-        if layers[i].op not in GLUE_OPS | {"Reshape"}:
+        if layers[i].op not in GLUE_OPS | {"Reshape"}:  # the host prefix: float glue up to the input quantizer
             raise EdgeqError(f"{_node(layers[i])}: the input reaches a {layers[i].op} before any quantizer; "
                              "quantize the input first (e.g. a Brevitas QuantIdentity)")
         i += 1
@@ -232,7 +232,7 @@ def split(graph: Graph) -> tuple[list[Layer], list[Layer], list[Layer]]:
     prefix = layers[: i + 1]
     j = len(layers)
     while j > i + 1 and isinstance(graph.tensors[layers[j - 1].output].format, Float32) and \
-            layers[j - 1].op in GLUE_OPS | {"Reshape"}:
+            layers[j - 1].op in ops.having("tail"):  # the host tail: float32 work after the last quantizer
         j -= 1
     body, tail = layers[i + 1 : j], layers[j:]
     if not body:
@@ -549,10 +549,21 @@ class _Lowerer:
 
     def add_layer(self, lay: Layer) -> None:
         out_fmt = self.g.tensors[lay.output].format
+        if isinstance(out_fmt, Int):  # integer codes on one float32 scale (ingest's _same_scale_ints): add codes
+            a, b = (self.hw(t) for t in lay.inputs)
+            if not all(isinstance(t.format, Int) and t.rescale is None and t.format.scale == out_fmt.scale
+                       for t in (a, b)):
+                raise EdgeqError(f"{_node(lay)}: adds {a.format} and {b.format}, not integer codes on the scale "
+                                 f"{out_fmt.scale[0]:.9g}; requantize both inputs with one shared quantizer")
+            self.add("Add", [a.name, b.name], self.new_tensor(lay.output, out_fmt), [lay],
+                     attrs={"shift_a": 0, "shift_b": 0})
+            return
         if not isinstance(out_fmt, FixedPoint):
             fa, fb = (self.g.tensors[t].format for t in lay.inputs)
             raise EdgeqError(f"{_node(lay)}: adds {fa} and {fb}, whose scales do not align exactly in fixed point; "
-                             "the FPGA kernels cannot add them exactly: quantize both inputs with power-of-two scales")
+                             "the FPGA kernels cannot add them exactly: quantize both branches with one shared "
+                             "quantizer before the Add (in Brevitas, pass the same QuantIdentity to both), or use "
+                             "power-of-two scales (e.g. Int8ActPerTensorFixedPoint)")
         a, b = (self.fixed_in(t, lay) for t in lay.inputs)
         out = self.new_tensor(lay.output, out_fmt)
         self.add("Add", [a.name, b.name], out, [lay],
@@ -665,10 +676,15 @@ class _Lowerer:
         qmin, qmax = level_range(qfmt)
         levels = qmax - qmin
         ndim = len(g.tensors[chain[0].inputs[0]].shape)
+        src = g.tensors[chain[0].inputs[0]].format
+        wide_codes = sum_count is None and x.rescale is None and storage_dtype(src) is np.int64 and \
+            isinstance(x.format, FixedPoint) and x.format.frac_bits == src.frac_bits
 
         def f(codes: np.ndarray) -> np.ndarray:
             """Output levels for input codes shaped (D, C)."""
             v = x.values(codes)
+            if wide_codes:  # the emulator stores this tensor as int64 codes: float64 values would round past 2^53
+                v = np.asarray(codes, dtype=np.int64)
             if sum_count is not None:  # AvgPool: the exact window sum, divided in float32 as the emulator does
                 v = (v.astype(np.float32) / np.float32(sum_count)).astype(np.float64)
                 rest = chain[1:]
@@ -679,7 +695,17 @@ class _Lowerer:
             if y.size != codes.size:  # a constant that varies inside a channel: not per-channel thresholds
                 raise EdgeqError(f"{_node(chain[-1])}: the float glue before it has a constant that varies within a "
                                  "channel (per-element); the FPGA needs per-channel BatchNorm/scale constants")
-            return level_codes(qfmt, y.reshape(codes.shape))
+            try:
+                lv = level_codes(qfmt, y.reshape(codes.shape))
+            except EdgeqError as e:
+                raise EdgeqError(f"{_node(chain[-1])}: {e}; requantize with a saturating format") from None
+            if lv.size and (lv.min() < qmin or lv.max() > qmax):  # e.g. a QONNX Trunc v1, which does not clip
+                bad = int(lv.max() if lv.max() > qmax else lv.min())
+                raise EdgeqError(f"{_node(chain[-1])}: its results reach code {bad}, "
+                                 f"outside its declared format {self.g.tensors[chain[-1].output].format} "
+                                 f"({qmin}..{qmax}), which the FPGA's container cannot hold; clip it (e.g. Trunc v2 "
+                                 "or a Quant after it)")
+            return lv
 
         size = hi - lo + 1
         if size * channels <= EXHAUSTIVE_LIMIT:
@@ -732,7 +758,8 @@ class _Lowerer:
             thr = (end + 1).astype(np.int64)
         self.add("Threshold", [x.name], out, chain,
                  attrs={"levels": int(thr.shape[1]), "base": int(qmin + first), "exhaustive": exhaustive,
-                        "domain": [lo, hi], "minifloat_bits": out.minifloat_bits},
+                        "domain": [lo, hi], "minifloat_bits": out.minifloat_bits,
+                        "minifloat_top": minifloat_levels(qfmt) if isinstance(qfmt, MiniFloat) else (0, 0)},
                  params={"thresholds": thr, "sign": sign.astype(np.int64)})
 
 
@@ -742,18 +769,38 @@ def _nonfinite_input(lay: Layer, name: str, fmt: MiniFloat) -> EdgeqError:
                       "minifloat quantizers saturate by default), or requantize before this layer")
 
 
+def minifloat_levels(fmt: MiniFloat) -> tuple[int, int]:
+    """(top, overflow) of the signed ordinals a Threshold layer counts into ``fmt``: ``top`` is the largest level
+    magnitude; for a non-saturating format it stands for the overflow code, whose magnitude bits ``overflow`` are
+    not ``top`` when ``max_val`` lowers the largest finite value below the format's own (the codes between are never
+    produced: overflow jumps straight to +-inf or the "fn" NaN code). ``overflow`` is 0 for saturating formats."""
+    finite = int(fmt.to_bits(np.float64(fmt.max)))
+    if fmt.saturating:
+        return finite, 0
+    mask = (1 << (fmt.bits - 1)) - 1
+    return finite + 1, int(fmt.to_bits(np.float64(np.inf))) & mask
+
+
 def level_range(fmt: NumFormat) -> tuple[int, int]:
     """The output levels a Threshold layer counts into ``fmt``: its integer codes, or a minifloat's signed ordinals
-    (-magnitude_max .. magnitude_max; the ends are +-inf or NaN for a non-saturating format)."""
+    (-top .. top of :func:`minifloat_levels`; the ends are +-inf or NaN for a non-saturating format)."""
     if isinstance(fmt, MiniFloat):
-        return -fmt.magnitude_max, fmt.magnitude_max
+        top = minifloat_levels(fmt)[0]
+        return -top, top
     return int(fmt.code_min), int(fmt.code_max)
 
 
 def level_codes(fmt: NumFormat, y: np.ndarray) -> np.ndarray:
-    """The levels of quantized values ``y`` (see :func:`level_range`)."""
+    """The levels of quantized values ``y`` (see :func:`level_range`): a minifloat's overflow code counts as the
+    level right above its largest finite value (``edgeq_mf_from_ordinal``'s TOP -> OVF in edgeq_minifloat.h)."""
     if isinstance(fmt, MiniFloat):
-        return fmt.ordinal(fmt.codes_of(y))
+        o = fmt.ordinal(fmt.codes_of(y))
+        top, ovf = minifloat_levels(fmt)
+        mag = np.abs(o)
+        if np.any((mag >= top) & (mag != (ovf or top))):  # e.g. a NaN code: no level stands for it
+            raise EdgeqError(f"the float glue produces {fmt} codes other than its finite values and its overflow "
+                             f"code (e.g. NaN), which thresholds cannot count")
+        return np.clip(o, -top, top)
     return fmt.codes_of(y).astype(np.int64)
 
 

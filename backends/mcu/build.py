@@ -207,7 +207,7 @@ def first_divergence(parsed: dict[str, Any], program: Graph, x: np.ndarray) -> d
 
 
 def step_load(ctx: McuContext) -> None:
-    ctx.graph = load(ctx.cfg.model)
+    ctx.graph = load(ctx.cfg.model, getattr(ctx.cfg, "input_format", None))
     shutil.copyfile(ctx.cfg.model, ctx.tmp / "model.onnx")
 
 

@@ -30,15 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeq import mst
+from edgeq import mst, ops
 from edgeq.errors import EdgeqError
-from edgeq.formats import Binary, FixedPoint, Float16, Float32, Int, NumFormat
+from edgeq.formats import Binary, FixedPoint, Float16, Float32, Int, NumFormat, grid_values
+from edgeq.ingest import PIECEWISE_LINEAR as _PIECEWISE_LINEAR
 from edgeq.ir import Contract, Graph, Layer, Tensor
 
 F16, F32 = Float16(), Float32()
 
-_GLUE = {"Trunc", "BatchNorm", "FloatOp", "Clip", "AvgPool"}
-_SAME_TYPE = {"Relu", "MaxPool", "Reshape", "Transpose"}
+_GLUE = ops.having("mcu_fp32")
+_SAME_TYPE = ops.having("same_type")
 _GLUE_CONTRACT = Contract(rounding="float32 after every operation (QONNX/onnxruntime order)", engine="fp32")
 
 
@@ -78,28 +79,6 @@ class McuLowering:
     graph: Graph
     conversions: list[Conversion] = field(default_factory=list)
     overflow_risk: list[dict[str, Any]] = field(default_factory=list)  # MAC layers whose fp16 sums may reach inf
-
-
-def grid_values(fmt: NumFormat) -> np.ndarray | None:
-    """Every value of a small quantizer grid (float32, as QONNX computes them), or None if unknown/large."""
-    if isinstance(fmt, Int):
-        if fmt.bipolar:
-            codes = np.array([-1.0, 1.0], dtype=np.float32)
-        elif fmt.width <= 16:
-            codes = np.arange(fmt.code_min, fmt.code_max + 1, dtype=np.float32)
-        else:
-            return None
-        scales, zeros = np.asarray(fmt.scale, np.float32), np.asarray(fmt.zero_point, np.float32)
-        if len(scales) > 1 and len(zeros) > 1:  # per channel: channel i has scale i and zero point i
-            pairs = zip(scales, zeros)
-        else:
-            pairs = ((sc, z) for sc in scales for z in zeros)
-        return np.concatenate([(codes - z) * sc for sc, z in pairs])
-    if isinstance(fmt, FixedPoint) and fmt.width <= 16:
-        return fmt.decode(np.arange(fmt.code_min, fmt.code_max + 1)).astype(np.float32)
-    if isinstance(fmt, Binary):
-        return np.concatenate([np.array([-1.0, 1.0], dtype=np.float32) * np.float32(sc) for sc in fmt.scale])
-    return None
 
 
 def fits_f16(fmt: NumFormat) -> bool:
@@ -206,6 +185,10 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None, trees: dict[str, An
             lay.contract = _GLUE_CONTRACT
             add(lay, F16 if fits_f16(grid) else F32)
         elif op in _GLUE:
+            if op == "Activation" and "table_x" not in lay.attrs and lay.attrs["fn"] not in _PIECEWISE_LINEAR:
+                raise EdgeqError(f"layer '{lay.name}' ({', '.join(lay.source)}): {lay.attrs['fn']} of a float32 "
+                                 "tensor needs exp, which the MCU firmware does not have (no libm); quantize its "
+                                 "input (then it is an exact table of onnxruntime's values)")
             if op == "FloatOp" and lay.attrs["fn"] == "pow":
                 raise EdgeqError(f"layer '{lay.name}' ({', '.join(lay.source)}): Pow is not supported by the MCU "
                                  "backend (no libm in the firmware); fold it into a constant or a Mul")
@@ -221,6 +204,10 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None, trees: dict[str, An
             lay.contract = Contract(rounding="fp16 add" if both16 else "float32 add", engine="fp16" if both16
                                     else "fp32")
             add(lay, F16 if both16 else F32)
+        elif op == "Softmax":
+            raise EdgeqError(f"layer '{lay.name}' ({', '.join(lay.source)}): Softmax needs exp, which the MCU "
+                             "firmware does not have (no libm); export the model without its trailing Softmax (the "
+                             "arg-max is the same), or build for an FPGA board, where it runs on the host")
         else:  # pragma: no cover - ingest only emits known ops
             raise EdgeqError(f"layer '{lay.name}': op {op} is not supported by the MCU backend")
 
@@ -229,7 +216,7 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None, trees: dict[str, An
     return McuLowering(mcu, notes, overflow)
 
 
-_THRESHOLD_GLUE = {"BatchNorm", "FloatOp", "Clip", "Relu"}
+_THRESHOLD_GLUE = ops.having("glue")
 
 
 def fold_thresholds(program: Graph) -> None:
@@ -319,7 +306,7 @@ def _worst_sum(x_fmt: NumFormat, w: np.ndarray) -> float | None:
 
 def _check_shapes(graph: Graph, lay: Layer) -> None:
     """The C loops index every input like the output: refuse broadcasting element-wise layers."""
-    if lay.op in ("Add", "Quantize", "Trunc", "BatchNorm", "FloatOp", "Clip", "Relu"):
+    if lay.op == "Add" or lay.op in ops.having("in_place"):
         out = tuple(graph.tensors[lay.output].shape)
         for t in lay.inputs:
             if tuple(graph.tensors[t].shape) != out:

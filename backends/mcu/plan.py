@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from edgeq import ops
 from edgeq.formats import Float16
 from edgeq.ir import Graph
 
 ALIGN = 8
 
 #: single-input element-wise layers: a chain of them runs as one loop (no RAM for the intermediates)
-ELEMENTWISE = {"Quantize", "Cast", "BatchNorm", "FloatOp", "Clip", "Relu", "Trunc"}
+ELEMENTWISE = ops.having("in_place")
 
 
 def steps(graph: Graph) -> list[list[int]]:

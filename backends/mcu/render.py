@@ -184,6 +184,22 @@ class Renderer:
                                                    (f"L{i}b", *self.per_channel(lay, f"L{i}_shift", b.reshape(view),
                                                                                y.shape))]
 
+    def e_activation(self, i: int, lay: Layer):
+        """The emulator's Activation: its onnxruntime table (binary search, exact compares), else the piecewise
+        linear function in the same float32 operations (lower_fp16 refuses the others)."""
+        a = lay.attrs
+        if "table_x" in a:
+            tx, ty = self.table(f"L{i}_tx", a["table_x"]), self.table(f"L{i}_ty", a["table_y"])
+            return f"v = edgeq_table(v, {tx}, {ty}, {len(a['table_x'])});", []
+        if a["fn"] == "leaky_relu":
+            return f"v = v >= 0.0f ? v : v * {f32(a['alpha'])};", []
+        if a["fn"] == "prelu":
+            kind, val = self.per_channel(lay, f"L{i}_slope", a["slope"], self.g.tensors[lay.output].shape)
+            return f"v = v >= 0.0f ? v : v * L{i}k;", [(f"L{i}k", kind, val)]
+        if a["fn"] == "hard_sigmoid":
+            return f"v = {f32(a['alpha'])} * v; v = v + {f32(a['beta'])}; v = edgeq_clip(v, 0.0f, 1.0f);", []
+        raise EdgeqError(f"layer '{lay.name}': the MCU renderer has no {a['fn']}")  # pragma: no cover
+
     def e_floatop(self, i: int, lay: Layer):
         a = lay.attrs
         kind, val = self.per_channel(lay, f"L{i}_const", a["const"], self.g.tensors[lay.output].shape)

@@ -49,6 +49,17 @@ static inline float edgeq_clip(float v, float lo, float hi) {
     v = v < lo ? lo : v;
     return v > hi ? hi : v;
 }
+/* An activation tabulated on its input grid (edgeq.emulate's Activation table): ty at the first tx >= v. The
+ * input lies on the grid, so the compare finds it exactly; tx is sorted ascending. */
+static inline float edgeq_table(float v, const float *tx, const float *ty, int n) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) >> 1;
+        if (tx[mid] < v) lo = mid + 1; else hi = mid;
+    }
+    return ty[lo];
+}
+
 static inline float edgeq_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 static inline float edgeq_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
 
