@@ -98,8 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=20.0, help="a case running longer has failed (hang)")
     ap.add_argument("--chunk", type=int, default=None,
-                    help="cases per task (default: emulate 25; hls 40, one g++ compile per chunk; mcu 100, one firmware "
-                         "image and one host build per chunk)")
+                    help="cases per task (default: emulate 25; hls 40, one g++ compile per chunk; mcu 100, one "
+                         "firmware image and one host build per chunk)")
     ap.add_argument("--save-regressions", default=None, metavar="DIR",
                     help="shrink each failure and save it (model, input, expectation) in DIR")
     args = ap.parse_args(argv)
