@@ -28,6 +28,7 @@ from edgeq.data import load_npy
 from edgeq.emulate import emulate
 from edgeq.errors import EdgeqError
 from edgeq.ingest import load
+from edgeq.reference import REFERENCE_FILE, distance, distance_text
 
 HW_OUTPUTS = "hw_outputs.npy"
 
@@ -186,7 +187,20 @@ def compare_project(directory: str | Path, hw_outputs: str | Path | None = None,
     }
     if mcu is not None:
         summary["mcu_layers"] = _mcu_layers(d, graph, x) if mism else None
+    summary["model"] = _model_distance(d, got)
     return summary
+
+
+def _model_distance(d: Path, got: np.ndarray) -> dict[str, Any] | None:
+    """The hardware's distance to the *model* (QONNX execute_onnx on the same vectors, stored by the build)."""
+    ref_path = d / "vectors" / REFERENCE_FILE
+    if not ref_path.is_file():
+        return None
+    ref = load_npy(ref_path, "the build's QONNX reference outputs")
+    if ref.size != got.size:
+        raise EdgeqError(f"{ref_path}: {ref.size} values for {got.size} outputs; rebuild the project with "
+                         "`edgeq build --force`")
+    return {"reference": f"QONNX execute_onnx (vectors/{REFERENCE_FILE})", **distance(got, ref.reshape(got.shape))}
 
 
 def _mcu_info(d: Path) -> dict[str, Any] | None:
@@ -299,15 +313,16 @@ def summary_text(s: dict[str, Any], limit: int = 20) -> str:
     shape = "x".join(map(str, s["output_shape"])) or "1"
     head = f"{s['hw_outputs']} vs {s['reference']}: "
     lines = []
+    model = "" if not s.get("model") else "; " + distance_text(s["model"])
     if s["identical"]:
         lines.append(head + f"IDENTICAL: {s['values_compared']} outputs ({s['vectors']} vectors x {shape}) "
-                            "bit for bit")
+                            "bit for bit" + model)
     else:
         mx = _fmt(s["max_abs_diff"])
         lines.append(head + f"{s['mismatches']} of {s['values_compared']} outputs differ "
                             f"({s['mismatching_vectors']} of {s['vectors']} vectors); max |diff| "
                             f"{mx}" + (f", {s['nonfinite_mismatches']} non-finite" if s["nonfinite_mismatches"]
-                                        else ""))
+                                        else "") + model)
         rows = [r for r in s["per_output"] if r["mismatches"]]
         lines.append(f"  {'output':>6}  {'mismatching vectors':>19}  max |diff|")
         for r in rows[:limit]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeq import __version__
 from edgeq.errors import EdgeqError
+from edgeq.reference import reference_text
 
 
 class _Ctx:
@@ -284,7 +285,7 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
                            err=True)
         _build_mcu(ctx, cfg, mac == "fma", simd)
         return
-    steps = ["load", "lower", "cost", "vectors", "render", "csim"]
+    steps = ["load", "lower", "cost", "vectors", "reference", "render", "csim"]
     with _progress(ctx, f"building for {board}", len(steps)) as update:
         def say(step: str) -> None:
             update(steps.index(step), len(steps))
@@ -297,14 +298,15 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
     for w in report.get("budget_warnings") or []:
         click.echo(f"edgeq: warning: {w}", err=True)
     click.echo(f"{out_dir}: csim {cs['status']} ({cs['mismatches']} mismatches over {cs['vectors']} vectors, "
-               f"{cs['seconds']} s); AMD tools: {report['tools']['status']}")
+               f"{cs['seconds']} s); emulator vs model: {reference_text(report.get('qonnx_reference'))}; "
+               f"AMD tools: {report['tools']['status']}")
 
 
 def _build_mcu(ctx: _Ctx, cfg, fma: bool, simd: str) -> None:
     from edgeq.backends.mcu.build import BuildFailed
     from edgeq.backends.mcu.build import build as run_build
 
-    steps = ["load", "lower", "plan", "vectors", "render", "firmware", "host"]
+    steps = ["load", "lower", "plan", "vectors", "reference", "render", "firmware", "host"]
     with _progress(ctx, f"building for {cfg.board}", len(steps)) as update:
         try:
             report = run_build(cfg, say=lambda s: update(steps.index(s), len(steps)), fma=fma, simd=simd)
@@ -315,6 +317,7 @@ def _build_mcu(ctx: _Ctx, cfg, fma: bool, simd: str) -> None:
     for risk in report.get("fp16_overflow_risk") or []:
         click.echo(f"edgeq: warning: layer '{risk['layer']}': {risk['note']}", err=True)
     click.echo(f"{cfg.out}: host check {h['status']} ({h['mismatches']} mismatches over {h['vectors']} vectors); "
+               f"FP16 program vs model: {reference_text(report.get('qonnx_reference'))}; "
                f"RAM {fw['ram_used']:,}/{fw['ram_budget']:,} B, flash {fw['flash_used']:,}/{fw['flash_budget']:,} B; "
                f"run it with `edgeq flash {cfg.out} --board {cfg.board}`")
 

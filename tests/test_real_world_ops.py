@@ -5,6 +5,7 @@ The oracle is QONNX's execute_onnx (onnxruntime for the standard ops), run sampl
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -297,6 +298,23 @@ def test_a_residual_add_behind_one_shared_default_quantizer_builds_for_the_fpga_
     got, want = emulate(g, x), qonnx_reference(path, x)  # the last layer's float32 sums: within ulps
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.array_equal(got.argmax(1), want.argmax(1))
+    # the build says what was compared: the stored reference is execute_onnx's, and its distance is on the line
+    stored = np.load(tmp_path / "p" / "vectors" / "qonnx_reference.npy")
+    assert np.array_equal(stored.reshape(want.shape), want)
+    n_diff = int(np.sum(got != want))
+    rep = json.loads((tmp_path / "p" / "report.json").read_text())["qonnx_reference"]
+    assert rep["differing_values"] == n_diff and rep["max_abs_diff"] == float(np.abs(got - want).max())
+    phrase = (f"{n_diff} of {want.size} values differ from the QONNX model" if n_diff else
+              f"identical to the QONNX model ({want.size} values)")
+    assert f"emulator vs model: {phrase}" in r.stdout, r.stdout
+    # compare puts the hardware's distance to the model on the verdict's line
+    c = run("compare", tmp_path / "p", "--hw-outputs", tmp_path / "p" / "csim" / "outputs.npy")
+    head = c.stdout.splitlines()[0]
+    assert c.returncode == 0 and "IDENTICAL" in head and phrase in head, c.stdout + c.stderr
+    # and a reference that disagrees is reported, not hidden behind the bit-exact verdict
+    np.save(tmp_path / "p" / "vectors" / "qonnx_reference.npy", np.where(got == want, want + 1.0, got))
+    c = run("compare", tmp_path / "p", "--hw-outputs", tmp_path / "p" / "csim" / "outputs.npy")
+    assert f"{want.size - n_diff} of {want.size} values differ from the QONNX model" in c.stdout.splitlines()[0]
 
 
 def test_a_residual_add_of_two_default_quantizers_is_refused_on_the_fpga_saying_what_to_change(tmp_path):

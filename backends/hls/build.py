@@ -30,6 +30,7 @@ from edgeq.board import Board, get_board
 from edgeq.emulate import emulate
 from edgeq.errors import EdgeqError
 from edgeq.ingest import load
+from edgeq.reference import reference_text, store_reference
 
 TOP = "edgeq_top"
 
@@ -210,6 +211,12 @@ def step_vectors(ctx: BuildContext) -> None:
     np.save(vdir / "input.npy", ctx.x)
     np.save(vdir / "expected.npy", ctx.expected)
     codes.tofile(vdir / "input_codes.bin")
+
+
+def step_reference(ctx: BuildContext) -> None:
+    """The model's own answer on the vectors (QONNX execute_onnx) and the emulator's distance to it."""
+    ctx.report["qonnx_reference"] = store_reference(ctx.graph, ctx.cfg.model, ctx.x, ctx.expected,
+                                                    ctx.tmp / "vectors")
 
 
 def _run(cmd: list[str], cwd: Path, what: str, timeout: float = 1800, tmpdir: Path | None = None) -> None:
@@ -436,7 +443,9 @@ def report_md(r: dict) -> str:
     out = [f"# edgeq build: {r['model']} for {r['board']} ({r['part']} @ {r['clock_mhz']} MHz)", "",
            f"**C simulation:** {cs.get('status', '?')}: {cs.get('mismatches', '?')} mismatching outputs over "
            f"{cs.get('vectors', '?')} vectors ({cs.get('outputs_compared', '?')} values compared bit for bit with "
-           f"edgeq.emulate), {cs.get('seconds', '?')} s.", ""]
+           f"edgeq.emulate), {cs.get('seconds', '?')} s.", "",
+           f"**Against the model** (QONNX execute_onnx on the same vectors): the emulator is "
+           f"{reference_text(r.get('qonnx_reference'))}.", ""]
     div = cs.get("first_divergence")
     if div:
         out += [f"First diverging layer: **{div['layer']}** ({div['op']}, ONNX {', '.join(div['onnx'])}), sample "
@@ -476,7 +485,7 @@ def build(cfg: BuildConfig, say: Callable[[str], None] = lambda s: None) -> dict
     with atomic_project(Path(cfg.out), cfg.force, Path(cfg.model), board.name) as (tmp, scratch):
         ctx = BuildContext(cfg, board, tmp, say, graph=graph, trees=trees, scratch=scratch)
         for name, fn in (("load", step_load), ("lower", step_lower), ("cost", step_cost), ("vectors", step_vectors),
-                         ("render", step_render), ("csim", step_csim)):
+                         ("reference", step_reference), ("render", step_render), ("csim", step_csim)):
             say(name)
             t = time.perf_counter()
             fn(ctx)
