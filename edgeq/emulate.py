@@ -226,14 +226,46 @@ def _relu(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0 if x.dtype.kind == "i" else 0.0)
 
 
+#: edgeq_expf's constants (firmware/common/edgeq_ops.h): log2(e), ln 2 split in a 16-bit head and its tail, the
+#: round-to-nearest-even shifter 1.5 * 2^23, the overflow/underflow limits, and 1/n! for the degree-6 polynomial
+_EXP_LOG2E, _EXP_LN2_HI, _EXP_LN2_LO = _F32(1.44269502162933349609375), _F32(0.693145751953125), \
+    _F32(1.428606765e-06)
+_EXP_SHIFT, _EXP_HI, _EXP_LO = _F32(12582912.0), _F32(88.72283935546875), _F32(-103.972076416015625)
+_EXP_POLY = tuple(_F32(c) for c in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0))
+
+
+def expf(x: np.ndarray) -> np.ndarray:
+    """exp in float32 operations, the numpy twin of ``edgeq_expf`` operation for operation (the MCU firmware has no
+    libm; the FPGA's host tail and the emulator use this too): k = rne(x log2 e); r = (x - k ln2_hi) - k ln2_lo;
+    p = Horner(r) of the degree-6 Taylor polynomial; y = p 2^k, in two exact-then-rounded steps below 2^-126.
+    Within 2^-22 relative of the true exp (tests/test_real_world_ops.py measures it against onnxruntime)."""
+    x = np.asarray(x, dtype=_F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        k = (x * _EXP_LOG2E + _EXP_SHIFT) - _EXP_SHIFT
+        k = np.where((x > _EXP_HI) | (x < _EXP_LO) | np.isnan(x), _F32(0), k)
+        r = (x - k * _EXP_LN2_HI) - k * _EXP_LN2_LO
+        p = np.full_like(r, _EXP_POLY[0])
+        for c in _EXP_POLY[1:]:
+            p = p * r + c
+        ki = k.astype(np.int32)
+        low = ki < -126
+        high = ki > 127
+        first = np.where(low, ki + 126, np.where(high, ki - 127, ki))
+        y = p * np.ldexp(_F32(1), first).astype(_F32)
+        y = np.where(low, y * _F32(2.0 ** -126), np.where(high, y * _F32(2.0 ** 127), y)).astype(_F32)
+    y = np.where(x > _EXP_HI, _F32(np.inf), np.where(x < _EXP_LO, _F32(0), y))
+    return np.where(np.isnan(x), x, y).astype(_F32)
+
+
 def _exp(x: np.ndarray, minus_one: bool = False) -> np.ndarray:
-    with np.errstate(over="ignore"):  # exp(89) is inf in float32, as in onnxruntime
-        return (np.expm1 if minus_one else np.exp)(x.astype(_F32, copy=False)).astype(_F32, copy=False)
+    e = expf(x)
+    return (e - _F32(1)).astype(_F32) if minus_one else e
 
 
 #: the declared float32 implementation of each activation (Activation layers without an onnxruntime table);
-#: leaky_relu, prelu and hard_sigmoid are onnxruntime's arithmetic exactly; the others are numpy's float32
-#: functions, whose distance to onnxruntime's builds report
+#: leaky_relu, prelu and hard_sigmoid are onnxruntime's arithmetic exactly; the others are built on
+#: :func:`expf` in float32 operations that the MCU's C repeats (tanh x = 1 - 2 / (e^2x + 1)); builds report the
+#: distance to onnxruntime
 ACTIVATIONS = {
     "leaky_relu": lambda x, a: np.where(x >= 0, x, x * _F32(a["alpha"])),
     "prelu": lambda x, a: np.where(x >= 0, x, x * np.asarray(a["slope"], dtype=_F32)),
@@ -242,7 +274,7 @@ ACTIVATIONS = {
                                   _F32(a["gamma"]) * (_F32(a["alpha"]) * _exp(x, minus_one=True))),
     "sigmoid": lambda x, a: _F32(1) / (_F32(1) + _exp(-x)),
     "hard_sigmoid": lambda x, a: np.clip(_F32(a["alpha"]) * x + _F32(a["beta"]), _F32(0), _F32(1)),
-    "tanh": lambda x, a: np.tanh(x),
+    "tanh": lambda x, a: _F32(1) - _F32(2) / (_exp(x + x) + _F32(1)),
 }
 
 
@@ -260,12 +292,25 @@ def _activation(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
     return ACTIVATIONS[a["fn"]](x, a).astype(_F32, copy=False)
 
 
+def softmax_geometry(shape: tuple[int, ...], axes: list[int]) -> tuple[int, int, int]:
+    """(outer, n, inner) of a softmax over the contiguous per-sample ``axes`` of a tensor of per-sample ``shape``."""
+    a0, a1 = min(axes), max(axes) + 1
+    if sorted(axes) != list(range(a0, a1)):  # pragma: no cover - ingest emits one axis or a trailing range
+        raise EdgeqError(f"softmax over non-contiguous axes {axes}")
+    return int(np.prod(shape[:a0], dtype=np.int64)), int(np.prod(shape[a0:a1], dtype=np.int64)), \
+        int(np.prod(shape[a1:], dtype=np.int64))
+
+
 def _softmax(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:
-    """float32: m = max over the axes; e = exp(x - m); e / sum(e) (numpy's summation order)."""
-    axes = tuple(1 + k for k in layer.attrs["axes"])  # per-sample axes -> batch-first
-    x = x.astype(_F32, copy=False)
-    e = _exp(x - x.max(axis=axes, keepdims=True))
-    return (e / e.sum(axis=axes, keepdims=True, dtype=_F32)).astype(_F32, copy=False)
+    """float32, as ``edgeq_softmax`` in C: m = max over the axes (NaN propagates); e = expf(x - m); s = the sum of e
+    in index order from +0; y = e / s."""
+    outer, n, inner = softmax_geometry(tuple(x.shape[1:]), layer.attrs["axes"])
+    v = x.astype(_F32, copy=False).reshape(len(x) * outer, n, inner)
+    e = expf(v - v.max(axis=1, keepdims=True))
+    s = np.zeros((v.shape[0], 1, inner), dtype=_F32)
+    for j in range(n):
+        s = s + e[:, j:j + 1]
+    return (e / s).astype(_F32, copy=False).reshape(x.shape)
 
 
 def _clip(graph: Graph, layer: Layer, x: np.ndarray) -> np.ndarray:

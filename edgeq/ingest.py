@@ -564,8 +564,8 @@ class _Lowering:
         else:
             exact = attrs["fn"] in PIECEWISE_LINEAR
             contract = Contract(rounding="float32 after every operation", engine="float32 numpy" + (
-                " (onnxruntime's arithmetic: exact)" if exact else " (declared implementation: numpy's float32 "
-                "function, not onnxruntime's; quantize its input for an exact table)"))
+                " (onnxruntime's arithmetic: exact)" if exact else " (declared implementation: edgeq_expf-based "
+                "float32 function, not onnxruntime's; quantize its input for an exact table)"))
         self.add(node, "Activation", [x], Float32(), attrs=attrs, contract=contract)
 
     def lower_softmax(self, node) -> None:
@@ -579,9 +579,9 @@ class _Lowering:
         # before opset 13 the input is viewed as 2-D (axes before `axis`, the rest): the softmax is over all of them
         axes = [axis - 1] if opset >= 13 else list(range(axis - 1, rank - 1))
         self.add(node, "Softmax", [x], Float32(), attrs={"axes": axes}, contract=Contract(
-            rounding="float32 after every operation", order="m = max; e = exp(x - m); y = e / sum(e)",
-            engine="float32 numpy (declared implementation: numpy's exp and summation order, not "
-                   "onnxruntime's)"))
+            rounding="float32 after every operation", order="m = max; e = expf(x - m); s = sum of e in index "
+            "order; y = e / s", engine="float32 (declared implementation: edgeq_expf's polynomial exp, "
+            "edgeq.emulate.expf in numpy and C on the MCU; not onnxruntime's)"))
 
     def metadata_format(self, node, fmt: NumFormat, spec: Any) -> FixedPoint:
         """A fixed-point quantizer whose rounding/overflow the ``edgeq.qfx`` metadata overrides (e.g. WRAP, which

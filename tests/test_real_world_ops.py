@@ -324,3 +324,84 @@ def test_a_residual_add_of_two_default_quantizers_is_refused_on_the_fpga_saying_
     assert_one_line_error(run("build", path, "--board", "ultra96", "--out", tmp_path / "p"),
                           "Add", "one shared quantizer", "QuantIdentity")
     assert not (tmp_path / "p").exists()
+
+
+def _expf_inputs() -> np.ndarray:
+    """Every 97th float32 bit pattern across exp's whole domain, plus the edges: limits, +-0, +-inf, NaN."""
+    lo, hi = np.float32(-104.0), np.float32(89.0)
+    neg = np.arange(np.float32(-0.0).view(np.uint32), lo.view(np.uint32), 97, dtype=np.uint32).view(np.float32)
+    pos = np.arange(0, hi.view(np.uint32), 97, dtype=np.uint32).view(np.float32)
+    edges = np.array([88.72283935546875, 88.7228317, 88.72284, -103.972076416015625, -103.97208, -87.33654,
+                      -87.3365478515625, 0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, -1e-30], np.float32)
+    return np.concatenate([neg, pos, edges])
+
+
+def test_expf_in_c_equals_its_numpy_twin_bit_for_bit_and_is_within_2_22_of_onnxruntime(tmp_path):
+    """The MCU's edgeq_expf (firmware/common/edgeq_ops.h, compiled by the host's gcc with the MCU flags) and
+    edgeq.emulate.expf agree on ~2.2M float32 inputs bit for bit; both are within 2^-21 relative of onnxruntime's
+    Exp on normal results (the declared implementation's accuracy)."""
+    import shutil
+    import subprocess
+
+    from edgeq.backends.mcu.toolchain import HOST_GCC_FLAGS
+    from edgeq.emulate import expf
+    from edgeq.backends.mcu.kernels import firmware_common
+
+    if not shutil.which("gcc"):
+        pytest.skip("gcc missing (make setup)")
+    x = _expf_inputs()
+    x.tofile(tmp_path / "x.bin")
+    (tmp_path / "t.c").write_text("""#include <stdio.h>
+#include "edgeq_ops.h"
+int main(int argc, char **argv) {
+    FILE *f = fopen(argv[1], "rb"), *g = fopen(argv[2], "wb"); float v;
+    while (fread(&v, 4, 1, f) == 1) { float y = edgeq_expf(v); fwrite(&y, 4, 1, g); }
+    fclose(f); fclose(g); return 0;
+}
+""")
+    subprocess.run(["gcc", *HOST_GCC_FLAGS, "-I", str(firmware_common()), str(tmp_path / "t.c"), "-o",
+                    str(tmp_path / "t")], check=True)
+    subprocess.run([str(tmp_path / "t"), str(tmp_path / "x.bin"), str(tmp_path / "y.bin")], check=True)
+    c = np.fromfile(tmp_path / "y.bin", dtype=np.float32)
+    py = expf(x)
+    assert np.array_equal(c, py, equal_nan=True) and len(c) == len(x) > 2_000_000
+    m = Model([1, len(x)])
+    path = m.save(m.node("Exp", ["x"]), tmp_path / "exp.onnx", [1, len(x)])
+    ort_y = qonnx_reference(path, x.reshape(1, -1)).ravel()
+    normal = np.isfinite(ort_y) & (ort_y >= np.finfo(np.float32).tiny)
+    rel = np.abs(py[normal].astype(np.float64) - ort_y[normal]) / ort_y[normal]
+    assert rel.max() <= 2.0 ** -21, rel.max()
+    assert np.array_equal(np.isinf(py), np.isinf(ort_y)) and np.array_equal(np.isnan(py), np.isnan(ort_y))
+
+
+@pytest.mark.skipif(not __import__("shutil").which("qemu-system-riscv32"), reason="QEMU missing (make setup)")
+def test_float_activations_and_a_trailing_softmax_run_on_qemu_bit_exact_near_qonnx(tmp_path):
+    """Sigmoid, Tanh and Elu of float32 values and a trailing Softmax on the MCU: edgeq_expf in C, the emulator's
+    twin in numpy; QEMU equals the emulator bit for bit, and the FP16 program is near QONNX with the same top-1."""
+    from test_cli import run
+
+    m = Model([1, 2, 5, 5])
+    rng = np.random.default_rng(12)
+    t = m.quant("x", 8, 0.0625)
+    w = m.quant(m.c(rng.normal(0, 0.4, (3, 2, 3, 3))), 4, 0.125)
+    t = m.node("Conv", [t, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])  # float32 values (FP16 on the MCU)
+    for op in ("Sigmoid", "Tanh", "Elu"):
+        t = m.node(op, [t])
+    t = m.node("Softmax", [m.node("Flatten", [t])], axis=-1)
+    path = m.save(t, tmp_path / "float_acts.onnx", [1, 75])
+    g = load(path)
+    assert [lay.op for lay in g.layers][-5:] == ["Activation", "Activation", "Activation", "Reshape", "Softmax"]
+    x = rng.normal(0, 3, (8, 2, 5, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proj = tmp_path / "p"
+    r = run("build", path, "--board", "qemu-rv32", "--out", proj, "--vectors", tmp_path / "x.npy")
+    assert r.returncode == 0 and "host check pass (0 mismatches" in r.stdout, r.stdout + r.stderr
+    assert run("flash", proj, "--board", "qemu-rv32").returncode == 0
+    r = run("compare", proj, "--json")
+    s = json.loads(r.stdout)
+    assert r.returncode == 0 and s["identical"], r.stdout + r.stderr
+    hw = np.load(proj / "hw_outputs.npy").reshape(8, -1)
+    want = qonnx_reference(path, x).reshape(8, -1)
+    np.testing.assert_allclose(hw, want, rtol=0.02, atol=1e-4)  # FP16 conv, then float32 glue
+    assert s["model"]["differing_values"] == int(np.sum(hw != want))
+    assert np.allclose(hw.sum(axis=1), 1.0, atol=1e-5)

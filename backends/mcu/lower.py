@@ -33,7 +33,6 @@ import numpy as np
 from edgeq import mst, ops
 from edgeq.errors import EdgeqError
 from edgeq.formats import Binary, FixedPoint, Float16, Float32, Int, NumFormat, grid_values
-from edgeq.ingest import PIECEWISE_LINEAR as _PIECEWISE_LINEAR
 from edgeq.ir import Contract, Graph, Layer, Tensor
 
 F16, F32 = Float16(), Float32()
@@ -185,10 +184,6 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None, trees: dict[str, An
             lay.contract = _GLUE_CONTRACT
             add(lay, F16 if fits_f16(grid) else F32)
         elif op in _GLUE:
-            if op == "Activation" and "table_x" not in lay.attrs and lay.attrs["fn"] not in _PIECEWISE_LINEAR:
-                raise EdgeqError(f"layer '{lay.name}' ({', '.join(lay.source)}): {lay.attrs['fn']} of a float32 "
-                                 "tensor needs exp, which the MCU firmware does not have (no libm); quantize its "
-                                 "input (then it is an exact table of onnxruntime's values)")
             if op == "FloatOp" and lay.attrs["fn"] == "pow":
                 raise EdgeqError(f"layer '{lay.name}' ({', '.join(lay.source)}): Pow is not supported by the MCU "
                                  "backend (no libm in the firmware); fold it into a constant or a Mul")
@@ -204,10 +199,9 @@ def lower_fp16(graph: Graph, opts: McuOptions | None = None, trees: dict[str, An
             lay.contract = Contract(rounding="fp16 add" if both16 else "float32 add", engine="fp16" if both16
                                     else "fp32")
             add(lay, F16 if both16 else F32)
-        elif op == "Softmax":
-            raise EdgeqError(f"layer '{lay.name}' ({', '.join(lay.source)}): Softmax needs exp, which the MCU "
-                             "firmware does not have (no libm); export the model without its trailing Softmax (the "
-                             "arg-max is the same), or build for an FPGA board, where it runs on the host")
+        elif op == "Softmax":  # edgeq_softmax: float32, edgeq_expf (the emulator's declared implementation)
+            lay.contract = Contract(rounding=src.contract.rounding, order=src.contract.order, engine="fp32")
+            add(lay, F32)
         else:  # pragma: no cover - ingest only emits known ops
             raise EdgeqError(f"layer '{lay.name}': op {op} is not supported by the MCU backend")
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeq import mst
-from edgeq.emulate import batchnorm_coeffs, pool_counts
+from edgeq.emulate import batchnorm_coeffs, pool_counts, softmax_geometry
 from edgeq.errors import EdgeqError
 from edgeq.formats import OVERFLOW_MODES, ROUNDING_MODES, Binary, FixedPoint, Float16, Int
 from edgeq.ir import Graph, Layer
@@ -198,6 +198,16 @@ class Renderer:
             return f"v = v >= 0.0f ? v : v * L{i}k;", [(f"L{i}k", kind, val)]
         if a["fn"] == "hard_sigmoid":
             return f"v = {f32(a['alpha'])} * v; v = v + {f32(a['beta'])}; v = edgeq_clip(v, 0.0f, 1.0f);", []
+        # the declared expf-based functions of edgeq.emulate.ACTIVATIONS, operation for operation
+        if a["fn"] == "sigmoid":
+            return "v = 1.0f / (1.0f + edgeq_expf(-v));", []
+        if a["fn"] == "tanh":
+            return "v = 1.0f - 2.0f / (edgeq_expf(v + v) + 1.0f);", []
+        if a["fn"] == "elu":
+            return f"v = v >= 0.0f ? v : {f32(a['alpha'])} * (edgeq_expf(v) - 1.0f);", []
+        if a["fn"] == "selu":
+            g, al = f32(a["gamma"]), f32(a["alpha"])
+            return f"v = v > 0.0f ? {g} * v : {g} * ({al} * (edgeq_expf(v) - 1.0f));", []
         raise EdgeqError(f"layer '{lay.name}': the MCU renderer has no {a['fn']}")  # pragma: no cover
 
     def e_floatop(self, i: int, lay: Layer):
@@ -324,6 +334,12 @@ class Renderer:
         counts = self.table(f"L{i}_count", pool_counts(lay.attrs, x.shape[1:]))
         _, oh, ow = self.g.tensors[lay.output].shape
         return self._pool(i, lay, "0.0f", "m = m + v;", f"m / {counts}[oy * {ow} + ox]", "float")
+
+    def r_softmax(self, i: int, lay: Layer) -> str:
+        x, y, xp, yp = self.io(lay)
+        outer, n, inner = softmax_geometry(tuple(x.shape), lay.attrs["axes"])
+        kind = "f16" if isinstance(x.format, Float16) else "f32"
+        return f"edgeq_softmax_{kind}({xp}, {yp}, {outer}, {n}, {inner});"
 
     def r_transpose(self, i: int, lay: Layer) -> str:
         x, y, xp, yp = self.io(lay)

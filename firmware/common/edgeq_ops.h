@@ -60,6 +60,62 @@ static inline float edgeq_table(float v, const float *tx, const float *ty, int n
     return ty[lo];
 }
 
+/* 2^k as a float32 for -126 <= k <= 127 (exact). */
+static inline float edgeq_pow2f(int k) {
+    union { uint32_t u; float f; } b;
+    b.u = (uint32_t)(k + 127) << 23;
+    return b.f;
+}
+
+/* exp in float32 operations (no libm), operation for operation edgeq.emulate.expf: k = rne(x log2 e) by the
+ * 1.5 * 2^23 shifter; r = (x - k ln2_hi) - k ln2_lo (k ln2_hi is exact: 16-bit head); Horner of the degree-6
+ * Taylor polynomial; y = p 2^k, in two steps (the first exact) outside the normal exponents. */
+static inline float edgeq_expf(float x) {
+    if (x != x) return x;
+    if (x > 88.72283935546875f) return __builtin_inff();
+    if (x < -103.972076416015625f) return 0.0f;
+    float k = (x * 1.44269502162933349609375f + 12582912.0f) - 12582912.0f;
+    float r = (x - k * 0.693145751953125f) - k * 1.428606765e-06f;
+    float p = 1.388888923e-03f;          /* float32(1/720), as numpy rounds it; likewise 1/120, 1/24, 1/6 */
+    p = p * r + 8.333333768e-03f;
+    p = p * r + 4.166666791e-02f;
+    p = p * r + 1.666666716e-01f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int ki = (int)k;
+    if (ki < -126) return (p * edgeq_pow2f(ki + 126)) * edgeq_pow2f(-126);
+    if (ki > 127) return (p * edgeq_pow2f(ki - 127)) * edgeq_pow2f(127);
+    return p * edgeq_pow2f(ki);
+}
+
+/* Softmax over n elements `inner` apart (edgeq.emulate._softmax): m = max (NaN propagates), e = expf(x - m)
+ * stored in y, s = sum of e in index order from +0, y = e / s. x and y do not overlap. One body, instantiated
+ * for float32 and float16 inputs (a float16 value converts to float32 exactly). */
+#define EDGEQ_SOFTMAX(NAME, T)                                                                                  \
+    static inline void NAME(const T *x, float *y, int outer, int n, int inner) {                               \
+        for (int o = 0; o < outer; o++) {                                                                      \
+            for (int i = 0; i < inner; i++) {                                                                  \
+                const T *X = x + (long)o * n * inner + i;                                                      \
+                float *Y = y + (long)o * n * inner + i;                                                        \
+                float m = (float)X[0];                                                                         \
+                for (int j = 1; j < n; j++) {                                                                  \
+                    float v = (float)X[j * inner];                                                             \
+                    m = (m != m || m > v) ? m : v;                                                             \
+                }                                                                                              \
+                float s = 0.0f;                                                                                \
+                for (int j = 0; j < n; j++) {                                                                  \
+                    float e = edgeq_expf((float)X[j * inner] - m);                                             \
+                    Y[j * inner] = e;                                                                          \
+                    s = s + e;                                                                                 \
+                }                                                                                              \
+                for (int j = 0; j < n; j++) Y[j * inner] = Y[j * inner] / s;                                   \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+EDGEQ_SOFTMAX(edgeq_softmax_f32, float)
+EDGEQ_SOFTMAX(edgeq_softmax_f16, edgeq_f16)
+
 static inline float edgeq_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 static inline float edgeq_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
 
