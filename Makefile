@@ -60,7 +60,7 @@ SEED ?= 0
 fuzz: setup
 	$(PY) bench/fuzz.py --cases 100000 --minutes 30 --seed $(SEED) --backends emulate
 	$(PY) bench/fuzz.py --cases 10000 --minutes 30 --seed $(SEED) --backends hls
-	$(PY) bench/fuzz.py --cases 10000 --minutes 10 --seed $(SEED) --backends mcu
+	$(PY) bench/fuzz.py --cases 10000 --minutes 30 --seed $(SEED) --backends mcu
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache build dist *.egg-info

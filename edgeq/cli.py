@@ -114,10 +114,39 @@ def _mst_options(fn):
 
 
 def _input_format_option(fn):
-    return click.option("--input-format", default=None, metavar="FORMAT",
-                        help="Type the model's float input (a host-side quantizer in front of the graph), e.g. uint8, "
-                             "uint8/255, int8*0.125, ap_fixed<16,6>, bipolar. Default: the input's QONNX annotation, "
-                             "else float.")(fn)
+    """--input-format, and the float-model options folded into one ``precision`` argument (None: not asked)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, default_format=None, precision_file=None, calibrate=None, **kw):
+        prec = None
+        if default_format is not None or precision_file is not None or calibrate is not None:
+            from edgeq.data import load_npy
+            from edgeq.precision import precision_from
+
+            x = load_npy(calibrate, "the calibration vectors") if calibrate is not None else None
+            prec = precision_from(default_format, precision_file, x)
+            if not prec:
+                raise EdgeqError("--calibrate needs --default-format (the width and rounding to calibrate)")
+        return fn(*args, precision=prec, **kw)
+
+    for opt in (
+        click.option("--calibrate", default=None, metavar="X.npy",
+                     help="Float model: pick each default-format tensor's integer bits from these inputs so that "
+                          "nothing saturates (the width and rounding stay the default's)."),
+        click.option("--precision", "precision_file", default=None, metavar="FILE.toml",
+                     help='Float model: per-layer formats, e.g. default = "ap_fixed<16,6>" and '
+                          '[layer."fc1"] weight = "ap_fixed<8,2>" (keys input, weight, bias; names are ONNX nodes).'),
+        click.option("--default-format", default=None, metavar="FORMAT",
+                     help="Float model (no quantizers): quantize every MAC input, weight and bias to FORMAT, "
+                          "e.g. ap_fixed<16,6> (hls4ml's default precision)."),
+        click.option("--input-format", default=None, metavar="FORMAT",
+                     help="Type the model's float input (a host-side quantizer in front of the graph), e.g. uint8, "
+                          "uint8/255, int8*0.125, ap_fixed<16,6>, bipolar. Default: the input's QONNX annotation, "
+                          "else float."),
+    ):
+        wrapper = opt(wrapper)
+    return wrapper
 
 
 def _input_saturation(g, x) -> None:
@@ -151,12 +180,12 @@ def _mst_request(with_mst: bool, mst_depth: int | None, mst_layers: str | None) 
 @_mst_options
 @_input_format_option
 def inspect(model: str, as_json: bool, with_mst: bool, mst_depth: int | None, mst_layers: str | None,
-            input_format: str | None) -> None:
+            input_format: str | None, precision=None) -> None:
     """Per-layer table: op, source node, shapes, formats, MACs and weight bits (with --mst: MST figures)."""
     from edgeq.ingest import load
 
     with_mst, names = _mst_request(with_mst, mst_depth, mst_layers)
-    g = load(model, input_format)
+    g = load(model, input_format, precision)
     if with_mst:
         _inspect_mst(g, model, mst_depth, names, as_json)
         return
@@ -220,12 +249,12 @@ def _inspect_mst(g, model: str, max_depth: int | None, names: tuple[str, ...], a
 @_input_format_option
 @click.pass_obj
 def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir: str | None,
-            input_format: str | None) -> None:
+            input_format: str | None, precision=None) -> None:
     """Run MODEL bit-exactly on the inputs in --input."""
     from edgeq.emulate import emulate as run
     from edgeq.ingest import load
 
-    g = load(model, input_format)
+    g = load(model, input_format, precision)
     from edgeq.data import load_npy
 
     x = load_npy(input_path)
@@ -263,7 +292,7 @@ def emulate(ctx: _Ctx, model: str, input_path: str, output_path: str, trace_dir:
 @click.pass_obj
 def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, n_vectors: int, seed: int,
           force: bool, synth: bool, allow_over_budget: bool, trace: bool, mac: str, simd: str, with_mst: bool,
-          mst_depth: int | None, mst_layers: str | None, input_format: str | None) -> None:
+          mst_depth: int | None, mst_layers: str | None, input_format: str | None, precision=None) -> None:
     """Build MODEL for BOARD into DIR and prove it bit-exact against the emulator.
 
     FPGA boards: an HLS project, checked by C simulation. MCU boards: FP16 C firmware, checked by the same C
@@ -277,7 +306,7 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
     cfg = BuildConfig(model=Path(model), board=board, out=Path(out_dir), vectors=Path(vectors) if vectors else None,
                       n_vectors=n_vectors, seed=seed, force=force, synth=synth, allow_over_budget=allow_over_budget,
                       trace=trace, mst=with_mst, mst_depth=mst_depth, mst_layers=mst_names,
-                      input_format=input_format)
+                      input_format=input_format, precision=precision)
     if get_board(board).kind == "mcu":
         for flag, given in (("--synth", synth), ("--allow-over-budget", allow_over_budget)):
             if given:

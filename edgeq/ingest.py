@@ -390,7 +390,8 @@ class _Lowering:
         if self.mw.get_initializer(t) is not None:
             raise EdgeqError(
                 f"node '{node.name}' ({node.op_type}): weight '{t}' is float32 with no quantizer; "
-                "this is not a quantized model: use Brevitas quantized layers (QuantConv2d, QuantLinear, ...)"
+                "for a float model give every MAC a format with --default-format 'ap_fixed<16,6>' (and "
+                "--calibrate X.npy, --precision FILE.toml), or quantize it with Brevitas (QuantConv2d, QuantLinear)"
             )
         raise EdgeqError(
             f"node '{node.name}' ({node.op_type}): weight '{t}' is computed at run time; "
@@ -1075,7 +1076,7 @@ def typed_input_format(mw, where: str, requested: Any = None) -> NumFormat | Non
     return fmt
 
 
-def load(model: Any, input_format: Any = None) -> Graph:
+def load(model: Any, input_format: Any = None, precision: Any = None) -> Graph:
     """Load a QONNX model (path, ``onnx.ModelProto`` or qonnx ``ModelWrapper``) into the edgeq IR.
 
     Every node on the data path is checked against :data:`edgeq.ops.ONNX_OPS` first, before any qonnx pass: a
@@ -1083,9 +1084,16 @@ def load(model: Any, input_format: Any = None) -> Graph:
 
     ``input_format`` (a NumFormat or its spelling, e.g. ``"uint8"``) types the graph input: a host-side quantizer
     in front of the graph (a ``Quantize`` layer named ``input_quant``), as a FINN datatype annotation on the input
-    does (which is honoured without it)."""
+    does (which is honoured without it).
+
+    ``precision`` (an :class:`edgeq.precision.Precision`) turns a float model into a QONNX one first: a Quant on
+    every MAC input, weight and bias (see :func:`edgeq.precision.quantize_float_model`)."""
     mw, path = _read(model)
     where = path or "model"
+    if precision:
+        from edgeq.precision import quantize_float_model
+
+        mw = _wrap(quantize_float_model(mw.model, precision, where))
     inits = {i.name for i in mw.graph.initializer}
     bad = ops.unsupported_nodes(mw.graph, [i.name for i in mw.graph.input if i.name not in inits])
     if bad:

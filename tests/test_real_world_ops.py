@@ -343,9 +343,9 @@ def test_expf_in_c_equals_its_numpy_twin_bit_for_bit_and_is_within_2_22_of_onnxr
     import shutil
     import subprocess
 
+    from edgeq.backends.mcu.kernels import firmware_common
     from edgeq.backends.mcu.toolchain import HOST_GCC_FLAGS
     from edgeq.emulate import expf
-    from edgeq.backends.mcu.kernels import firmware_common
 
     if not shutil.which("gcc"):
         pytest.skip("gcc missing (make setup)")

@@ -30,6 +30,7 @@ from edgeq.board import Board, get_board
 from edgeq.emulate import emulate
 from edgeq.errors import EdgeqError
 from edgeq.ingest import load
+from edgeq.precision import write_model
 from edgeq.reference import reference_text, store_reference
 
 TOP = "edgeq_top"
@@ -58,6 +59,8 @@ class BuildConfig:
     mst_layers: tuple[str, ...] = ()
     #: the graph input's format (``--input-format``; edgeq.ingest.load), None: the model's own (or float)
     input_format: str | None = None
+    #: a float model's formats (``--default-format``/``--precision``/``--calibrate``; edgeq.precision), None: none
+    precision: Any = None
     jobs: int = max(1, min(2, os.cpu_count() or 1))
 
 
@@ -89,7 +92,7 @@ class BuildContext:
 def load_and_select(cfg: BuildConfig) -> tuple[Any, dict]:
     """(graph, MST trees): the model loaded and :func:`edgeq.mst.select` run on it. Both raise EdgeqError on bad
     input, so :func:`build` calls this before it writes anything."""
-    graph = load(cfg.model, cfg.input_format)
+    graph = load(cfg.model, cfg.input_format, cfg.precision)
     return graph, mst.select(graph, cfg.mst, cfg.mst_depth, cfg.mst_layers)
 
 
@@ -104,7 +107,7 @@ def typed_input(graph) -> dict | None:
 def step_load(ctx: BuildContext) -> None:
     if ctx.graph is None:
         ctx.graph, ctx.trees = load_and_select(ctx.cfg)
-    shutil.copyfile(ctx.cfg.model, ctx.tmp / "model.onnx")
+    write_model(ctx.cfg, ctx.tmp / "model.onnx")
 
 
 def step_lower(ctx: BuildContext) -> None:

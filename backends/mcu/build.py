@@ -37,6 +37,7 @@ from edgeq.errors import EdgeqError
 from edgeq.formats import Float16, Int
 from edgeq.ingest import load
 from edgeq.ir import Graph, save_graph
+from edgeq.precision import write_model
 from edgeq.reference import reference_text, store_reference
 
 from . import kernels, toolchain
@@ -207,8 +208,8 @@ def first_divergence(parsed: dict[str, Any], program: Graph, x: np.ndarray) -> d
 
 
 def step_load(ctx: McuContext) -> None:
-    ctx.graph = load(ctx.cfg.model, getattr(ctx.cfg, "input_format", None))
-    shutil.copyfile(ctx.cfg.model, ctx.tmp / "model.onnx")
+    ctx.graph = load(ctx.cfg.model, getattr(ctx.cfg, "input_format", None), getattr(ctx.cfg, "precision", None))
+    write_model(ctx.cfg, ctx.tmp / "model.onnx")
 
 
 def step_lower(ctx: McuContext) -> None:
