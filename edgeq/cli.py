@@ -150,20 +150,11 @@ def _input_format_option(fn):
 
 
 def _input_saturation(g, x) -> None:
-    """One warning line when test inputs lie outside the range of the quantizer that reads the graph input."""
-    first = next((lay for lay in g.layers if lay.inputs == [g.inputs[0]]), None)
-    if first is None or first.op != "Quantize":
-        return
-    fmt = g.tensors[first.output].format
-    lo, hi = getattr(fmt, "min", None), getattr(fmt, "max", None)
-    if lo is None or hi is None:
-        return
-    x = np.asarray(x)
-    n = int(np.count_nonzero((x < float(lo)) | (x > float(hi))))
-    if n:
-        click.echo(f"edgeq: warning: {n} of {x.size} input values lie outside [{float(lo):g}, {float(hi):g}], the "
-                   f"range of the input quantizer '{first.name}' ({fmt}), and saturate; scale the inputs (e.g. pixels "
-                   "0-255 into a [0, 1] quantizer: divide by 255) or type the input with --input-format", err=True)
+    from edgeq.data import saturation_warning
+
+    w = saturation_warning(g, x)
+    if w:
+        click.echo(f"edgeq: warning: {w}", err=True)
 
 
 def _mst_request(with_mst: bool, mst_depth: int | None, mst_layers: str | None) -> tuple[bool, tuple[str, ...]]:
@@ -324,7 +315,9 @@ def build(ctx: _Ctx, model: str, board: str, out_dir: str, vectors: str | None, 
             click.echo(f"edgeq: build failed: {e}", err=True)
             sys.exit(1)
     cs = report["csim"]
-    for w in report.get("budget_warnings") or []:
+    for w in [report.get("input_saturation")] + list(report.get("budget_warnings") or []):
+        if not w:
+            continue
         click.echo(f"edgeq: warning: {w}", err=True)
     click.echo(f"{out_dir}: csim {cs['status']} ({cs['mismatches']} mismatches over {cs['vectors']} vectors, "
                f"{cs['seconds']} s); emulator vs model: {reference_text(report.get('qonnx_reference'))}; "
@@ -343,6 +336,8 @@ def _build_mcu(ctx: _Ctx, cfg, fma: bool, simd: str) -> None:
             click.echo(f"edgeq: build failed: {e}", err=True)
             sys.exit(1)
     h, fw = report["host_check"], report["firmware"]
+    if report.get("input_saturation"):
+        click.echo(f"edgeq: warning: {report['input_saturation']}", err=True)
     for risk in report.get("fp16_overflow_risk") or []:
         click.echo(f"edgeq: warning: layer '{risk['layer']}': {risk['note']}", err=True)
     click.echo(f"{cfg.out}: host check {h['status']} ({h['mismatches']} mismatches over {h['vectors']} vectors); "

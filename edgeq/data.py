@@ -55,3 +55,22 @@ def load_arrays(path: str | Path, x_key: str = "x", y_key: str = "y"):
     if x_key not in data:
         raise EdgeqError(f"{p}: no array '{x_key}' in the archive (found {', '.join(data.files)})")
     return data[x_key], (data[y_key] if y_key in data else None)
+
+
+def saturation_warning(graph, x) -> str | None:
+    """One line when inputs lie outside the range of the quantizer that reads the graph input (e.g. pixels 0-255
+    into a [0, 1] quantizer, which silently costs accuracy), with the count; None when they all fit."""
+    first = next((lay for lay in graph.layers if lay.inputs == [graph.inputs[0]]), None)
+    if first is None or first.op != "Quantize":
+        return None
+    fmt = graph.tensors[first.output].format
+    lo, hi = getattr(fmt, "min", None), getattr(fmt, "max", None)
+    if lo is None or hi is None:
+        return None
+    x = np.asarray(x)
+    n = int(np.count_nonzero((x < float(lo)) | (x > float(hi))))
+    if not n:
+        return None
+    return (f"{n} of {x.size} input values lie outside [{float(lo):g}, {float(hi):g}], the range of the input "
+            f"quantizer '{first.name}' ({fmt}), and saturate; scale the inputs (e.g. pixels 0-255 into a [0, 1] "
+            "quantizer: divide by 255) or type the input with --input-format")

@@ -405,3 +405,19 @@ def test_float_activations_and_a_trailing_softmax_run_on_qemu_bit_exact_near_qon
     np.testing.assert_allclose(hw, want, rtol=0.02, atol=1e-4)  # FP16 conv, then float32 glue
     assert s["model"]["differing_values"] == int(np.sum(hw != want))
     assert np.allclose(hw.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_build_warns_once_when_test_inputs_saturate_the_input_quantizer(tmp_path):
+    """Pixels 0-255 into a [-1, 1) quantizer: the build still proves csim exact, and says how many values saturate."""
+    from test_cli import run
+
+    m = Model([1, 8])
+    t = m.quant("x", 8, 1 / 128)
+    t = m.node("MatMul", [t, m.quant(m.c(np.random.default_rng(13).normal(0, 0.5, (8, 4))), 4, 0.125)])
+    path = m.save(t, tmp_path / "px.onnx", [1, 4])
+    x = np.random.default_rng(14).integers(0, 256, (6, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run("build", path, "--board", "ultra96", "--out", tmp_path / "p", "--vectors", tmp_path / "x.npy")
+    n = int(np.count_nonzero(x > 127 / 128))
+    warn = [ln for ln in r.stderr.splitlines() if "saturate" in ln]
+    assert r.returncode == 0 and len(warn) == 1 and f"{n} of {x.size} input values" in warn[0], r.stderr

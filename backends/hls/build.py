@@ -27,6 +27,7 @@ from edgeq.backends import proc
 from edgeq.backends.common import atomic_project, load_vectors
 from edgeq.backends.compare import same_bits
 from edgeq.board import Board, get_board
+from edgeq.data import saturation_warning
 from edgeq.emulate import emulate
 from edgeq.errors import EdgeqError
 from edgeq.ingest import load
@@ -220,6 +221,7 @@ def step_reference(ctx: BuildContext) -> None:
     """The model's own answer on the vectors (QONNX execute_onnx) and the emulator's distance to it."""
     ctx.report["qonnx_reference"] = store_reference(ctx.graph, ctx.cfg.model, ctx.x, ctx.expected,
                                                     ctx.tmp / "vectors")
+    ctx.report["input_saturation"] = saturation_warning(ctx.graph, ctx.x)
 
 
 def _run(cmd: list[str], cwd: Path, what: str, timeout: float = 1800, tmpdir: Path | None = None) -> None:

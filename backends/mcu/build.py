@@ -32,6 +32,7 @@ from edgeq import __version__, mst
 from edgeq.backends import proc
 from edgeq.backends.common import atomic_project, load_vectors
 from edgeq.board import Board, get_board
+from edgeq.data import saturation_warning
 from edgeq.emulate import emulate
 from edgeq.errors import EdgeqError
 from edgeq.formats import Float16, Int
@@ -244,6 +245,7 @@ def step_reference(ctx: McuContext) -> None:
     """The float32 model's own answer on the vectors (QONNX execute_onnx) and the FP16 program's distance to it."""
     ctx.report["qonnx_reference"] = store_reference(ctx.graph, ctx.cfg.model, ctx.x, ctx.expected,
                                                     ctx.tmp / "vectors")
+    ctx.report["input_saturation"] = saturation_warning(ctx.graph, ctx.x)
 
 
 def step_render(ctx: McuContext) -> None:
